@@ -1,0 +1,87 @@
+// -----------------------------------------------------------------------------
+// File: internal/range_search.h
+// -----------------------------------------------------------------------------
+//
+// The two pieces of arithmetic every bus lookup shares: the search of a sorted
+// array of range bases, and the shape check of an access. Used by the generic
+// `Bus<A, D>` and by the RCU-published range table behind `IoManager`, so both
+// answer exactly the same way. Not part of the public API.
+//
+// Thread safety: pure functions over memory the caller keeps alive.
+// Progress: wait-free; FindFloor() runs ceil(log2(n)) iterations, no more.
+
+#ifndef VM_DEVICE_INTERNAL_RANGE_SEARCH_H_
+#define VM_DEVICE_INTERNAL_RANGE_SEARCH_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/base/attributes.h"
+#include "vm_device/bus_range.h"
+#include "vm_device/io_status.h"
+
+namespace vm_device {
+namespace range_search_internal {
+
+// RangeFactory
+//
+// Rebuilds a `BusRange` from the inclusive bounds of a range that was valid
+// when it was stored, without re-checking it. REQUIRES: base <= last.
+struct RangeFactory {
+  template <typename A>
+  static constexpr BusRange<A> FromBounds(typename A::Value base,
+                                          typename A::Value last) {
+    return BusRange<A>(A(base), static_cast<typename A::Value>(last - base + 1));
+  }
+};
+
+// FindFloor()
+//
+// The index of the last element of the ascending array `keys[0, n)` that is
+// <= `x`, or `n` when there is none (n == 0, or keys[0] > x).
+//
+// Branch-free: each step halves the window with a conditional move rather than
+// a branch, so random addresses cost no mispredictions, and the number of
+// steps depends on `n` alone.
+template <typename V>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t FindFloor(const V* keys, size_t n,
+                                                     V x) {
+  if (n == 0) return 0;
+  const V* lo = keys;
+  size_t len = n;
+  while (len > 1) {
+    const size_t half = len / 2;
+    lo = (lo[half] <= x) ? lo + half : lo;
+    len -= half;
+  }
+  return *lo <= x ? static_cast<size_t>(lo - keys) : n;
+}
+
+// CheckAccessShape()
+//
+// The checks of an access of `len` bytes at `addr` that need no lookup, in the
+// order the crate makes them: the length must fit the bus's size type
+// (kInvalidAccessLength), and `[addr, addr + len - 1]` must be a valid range
+// (kInvalidRange: empty, or past the top of the address space). On kOk,
+// `*last` is the access's last address.
+template <typename A>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus CheckAccessShape(
+    A addr, size_t len, typename A::Value* last) {
+  using V = typename A::Value;
+  if constexpr (sizeof(V) < sizeof(size_t)) {
+    if (len > static_cast<size_t>(A::kMax)) {
+      return IoStatus::kInvalidAccessLength;
+    }
+  }
+  const V size = static_cast<V>(len);
+  if (size == 0 || static_cast<V>(size - 1) > static_cast<V>(A::kMax - addr.value())) {
+    return IoStatus::kInvalidRange;
+  }
+  *last = static_cast<V>(addr.value() + (size - 1));
+  return IoStatus::kOk;
+}
+
+}  // namespace range_search_internal
+}  // namespace vm_device
+
+#endif  // VM_DEVICE_INTERNAL_RANGE_SEARCH_H_

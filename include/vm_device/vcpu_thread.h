@@ -1,0 +1,46 @@
+// -----------------------------------------------------------------------------
+// File: vcpu_thread.h
+// -----------------------------------------------------------------------------
+//
+// `VcpuThread` registers the calling thread as an RCU reader (liburcu, memb
+// flavour) for the lifetime of the object. Every thread that dispatches
+// through an `IoManager` must be registered; a thread that is not is
+// registered on its first dispatch and unregistered when it exits, so holding
+// a `VcpuThread` is optional. Hold one to pay the registration (a mutex and an
+// allocation inside liburcu) before the first VM exit instead of during it,
+// or to unregister a long-lived thread that stops dispatching.
+//
+// Example:
+//
+//   void VcpuLoop(vm_device::IoManager& io) {
+//     vm_device::VcpuThread rcu_reader;
+//     for (;;) { /* KVM_RUN, then io.PioWrite(...) on an exit */ }
+//   }
+//
+// Nothing else is asked of a vCPU thread: with the memb flavour it never has
+// to announce quiescent states, and it may block (in KVM_RUN, say) for as long
+// as it likes outside a dispatch.
+//
+// Thread safety: create and destroy on the same thread, outside any dispatch
+// or handler. Nesting is harmless (an inner object does nothing).
+// Progress: blocking (liburcu's registry mutex), once per thread.
+
+#ifndef VM_DEVICE_VCPU_THREAD_H_
+#define VM_DEVICE_VCPU_THREAD_H_
+
+namespace vm_device {
+
+class VcpuThread {
+ public:
+  VcpuThread();
+  ~VcpuThread();
+  VcpuThread(const VcpuThread&) = delete;
+  VcpuThread& operator=(const VcpuThread&) = delete;
+
+ private:
+  bool owns_registration_;
+};
+
+}  // namespace vm_device
+
+#endif  // VM_DEVICE_VCPU_THREAD_H_

@@ -1,0 +1,155 @@
+// -----------------------------------------------------------------------------
+// File: src/internal/range_table.h
+// -----------------------------------------------------------------------------
+//
+// `RangeTable` is the immutable snapshot of both buses that `IoManager`
+// publishes to vCPU threads. This file is also the design note of the
+// dispatch engine.
+//
+// Design
+// ------
+// * One snapshot holds both buses: a sorted array of range bases per bus and,
+//   beside it, an array of {last address, device pointer} slots. A lookup is a
+//   branch-free binary search over the bases (the only array a search walks:
+//   4096 PIO bases are 8 KiB, 4096 MMIO bases 32 KiB), then one slot read.
+//   ceil(log2 n) steps, no pointer chasing, no allocation, no writes.
+// * The snapshot is allocated in one block, 64-byte aligned, and never changes
+//   after it is published. Writers build a new one from their master copy
+//   (`Bus<A, std::shared_ptr<D>>`, guarded by the writer mutex) and publish it
+//   with one pointer store, so a reader sees the old or the new snapshot of
+//   *both* buses, never a mix, and a batch that touches PIO and MMIO becomes
+//   visible at once.
+// * The snapshot holds raw device pointers. Devices are owned by the writer's
+//   master copy; a device removed from it is kept alive by the retired record
+//   of the snapshot that still points at it (one shared_ptr per removed range),
+//   which is destroyed only after an RCU grace period. Readers therefore never
+//   touch a reference count.
+//
+// Ordering guarantees (readers = dispatch and lookups; writers = Commit)
+// -----------------------------------------------------------------------
+// A.1 A reader runs against exactly one snapshot: the one its acquire load of
+//     the root pointer returned. It never sees part of a batch.
+// A.2 Publish is a release store of the root pointer, after the snapshot has
+//     been written in full; the reader's acquire load pairs with it, so every
+//     byte of the snapshot is visible to any reader that sees the pointer.
+// A.3 If a writer's Commit returns before (happens-before) a reader's dispatch
+//     starts, the dispatch sees that commit or a later one. A dispatch that
+//     races with a commit sees either snapshot.
+// B.1 A device handler can run after its range was deregistered only in a
+//     dispatch that loaded the old snapshot before the publish; such a
+//     dispatch is inside a read-side critical section that started before the
+//     publish.
+// B.2 Hence after `IoManager::Synchronize()` returns, no handler of a range
+//     deregistered before the call is running or will run (its grace period
+//     has elapsed), and the device has been released by the library.
+// C.1 Snapshots and devices are destroyed only after a grace period that began
+//     after they were unpublished: never while a reader can hold them.
+//
+// Progress
+// --------
+// Lookup and dispatch: wait-free. Entering and leaving the read side is a
+// thread-local counter update; the search takes ceil(log2 n) steps; nothing
+// loops on other threads. The device handler itself is the device's business
+// (a `LockedDevice` blocks on its own lock).
+// Commit: blocking (the writer mutex), O(n + k) for a batch of k changes on
+// n ranges; never waits for a grace period (reclamation is queued with
+// call_rcu), so it is safe inside a handler.
+//
+// Thread safety: a built table is immutable; any number of threads may read
+// it. Build() is called by the writer under the writer mutex.
+
+#ifndef VM_DEVICE_SRC_INTERNAL_RANGE_TABLE_H_
+#define VM_DEVICE_SRC_INTERNAL_RANGE_TABLE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/base/attributes.h"
+#include "vm_device/address.h"
+#include "vm_device/bus.h"
+#include "vm_device/device.h"
+#include "vm_device/internal/range_search.h"
+#include "vm_device/io_status.h"
+
+namespace vm_device {
+namespace internal {
+
+// BusTable
+//
+// One bus of a snapshot: `n` ranges, bases ascending.
+template <typename A, typename D>
+struct BusTable {
+  using Value = typename A::Value;
+  struct Slot {
+    Value last;
+    const D* device;
+  };
+
+  const Value* bases = nullptr;
+  const Slot* slots = nullptr;
+  size_t n = 0;
+
+  // BusTable::Find()
+  //
+  // The access check of `Bus::CheckAccess()` against this snapshot. On kOk,
+  // `*base` and `*device` are the matching range's base and device.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Find(A addr, size_t len, A* base,
+                                             const D** device) const {
+    Value access_last;
+    const IoStatus shape =
+        range_search_internal::CheckAccessShape(addr, len, &access_last);
+    if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
+    const size_t i = range_search_internal::FindFloor(bases, n, addr.value());
+    if (ABSL_PREDICT_FALSE(i == n || slots[i].last < access_last)) {
+      return IoStatus::kDeviceNotFound;
+    }
+    *base = A(bases[i]);
+    *device = slots[i].device;
+    return IoStatus::kOk;
+  }
+};
+
+class RangeTable;
+
+// Frees a snapshot made by RangeTable::Build().
+struct RangeTableDeleter {
+  void operator()(RangeTable* t) const;
+};
+using RangeTablePtr = std::unique_ptr<RangeTable, RangeTableDeleter>;
+
+// RangeTable
+//
+// The snapshot of both buses. Build() allocates it in one block.
+class RangeTable {
+ public:
+  using PioTable = BusTable<PioAddress, DevicePio>;
+  using MmioTable = BusTable<MmioAddress, DeviceMmio>;
+
+  // RangeTable::Build()
+  //
+  // A snapshot of the two master buses. Throws std::bad_alloc on allocation
+  // failure, and changes nothing then.
+  static RangeTablePtr Build(
+      const Bus<PioAddress, std::shared_ptr<DevicePio>>& pio,
+      const Bus<MmioAddress, std::shared_ptr<DeviceMmio>>& mmio);
+
+  const PioTable& pio() const { return pio_; }
+  const MmioTable& mmio() const { return mmio_; }
+
+  // The size of the block, header included.
+  size_t bytes() const { return bytes_; }
+
+ private:
+  friend struct RangeTableDeleter;
+  RangeTable() = default;
+
+  PioTable pio_;
+  MmioTable mmio_;
+  size_t bytes_ = 0;
+};
+
+}  // namespace internal
+}  // namespace vm_device
+
+#endif  // VM_DEVICE_SRC_INTERNAL_RANGE_TABLE_H_

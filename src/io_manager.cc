@@ -1,0 +1,576 @@
+// IoManager: wait-free dispatch over the RCU-published RangeTable, and the
+// writer side that edits the master buses, publishes and retires.
+
+#include "vm_device/io_manager.h"
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/base/optimization.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "src/internal/range_table.h"
+#include "src/internal/rcu.h"
+
+namespace vm_device {
+namespace {
+
+using internal::RangeTable;
+
+template <class... Fs>
+struct Overloaded : Fs... {
+  using Fs::operator()...;
+};
+template <class... Fs>
+Overloaded(Fs...) -> Overloaded<Fs...>;
+
+// A snapshot that was replaced, with the devices whose ranges the change
+// removed, destroyed together after a grace period.
+struct RetiredSnapshot final : internal::Retired {
+  internal::RangeTablePtr table;
+  std::vector<std::shared_ptr<const void>> devices;
+};
+
+absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
+  return absl::Status(s.code(), absl::StrCat(prefix, s.message()));
+}
+
+template <typename A>
+absl::Status NoRangeHolds(A addr) {
+  return absl::NotFoundError(absl::StrFormat(
+      "no %s range holds address 0x%x", A::kBusName,
+      static_cast<uint64_t>(addr.value())));
+}
+
+template <typename A>
+absl::Status NullDevice(const BusRange<A>& range) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("null device for ", range.ToString()));
+}
+
+}  // namespace
+
+// -----------------------------------------------------------------------------
+// IoBatch
+// -----------------------------------------------------------------------------
+
+IoBatch& IoBatch::AddPio(PioRange range, std::shared_ptr<DevicePio> device) {
+  ops_.push_back(AddPioOp{range, std::move(device)});
+  return *this;
+}
+
+IoBatch& IoBatch::AddMmio(MmioRange range, std::shared_ptr<DeviceMmio> device) {
+  ops_.push_back(AddMmioOp{range, std::move(device)});
+  return *this;
+}
+
+IoBatch& IoBatch::RemovePio(PioAddress addr) {
+  ops_.push_back(RemovePioOp{addr, /*must_exist=*/true});
+  return *this;
+}
+
+IoBatch& IoBatch::RemoveMmio(MmioAddress addr) {
+  ops_.push_back(RemoveMmioOp{addr, /*must_exist=*/true});
+  return *this;
+}
+
+// -----------------------------------------------------------------------------
+// Construction
+// -----------------------------------------------------------------------------
+
+IoManager::IoManager() {
+  // In the body: the buses are declared after table_.
+  absl::MutexLock lock(&writer_mu_);
+  // relaxed: no other thread can see the manager before it is constructed.
+  table_.store(RangeTable::Build(pio_bus_, mmio_bus_).release(),
+               std::memory_order_relaxed);
+}
+
+IoManager::~IoManager() {
+  // No dispatch may run now (REQUIRES), so nobody can hold the current
+  // snapshot: free it at once.
+  internal::RangeTableDeleter()(
+      const_cast<RangeTable*>(table_.load(std::memory_order_relaxed)));
+  absl::MutexLock lock(&writer_mu_);
+  if (publishes_ > 0 && !internal::InReadSection() &&
+      !internal::OnReclaimThread()) {
+    // Release what earlier changes retired before the manager is gone.
+    internal::WaitForRetired();
+  }
+}
+
+// -----------------------------------------------------------------------------
+// Dispatch
+// -----------------------------------------------------------------------------
+//
+// Each dispatch: enter the read side (a thread-local counter), one acquire
+// load of the root pointer, the search, the device call, leave. The acquire
+// load pairs with the release store in CommitLocked(): everything written
+// into the snapshot before it was published is visible here (A.2 in
+// range_table.h). On x86 and arm64 an acquire load is a plain load (arm64:
+// LDAR), and it writes nothing.
+
+IoStatus IoManager::PioRead(PioAddress addr, absl::Span<uint8_t> data) const {
+  internal::ReadSection read_side;
+  PioAddress base;
+  const DevicePio* device;
+  const IoStatus s = table_.load(std::memory_order_acquire)
+                         ->pio()
+                         .Find(addr, data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->PioRead(base, addr - base, data);
+  return IoStatus::kOk;
+}
+
+IoStatus IoManager::PioWrite(PioAddress addr,
+                             absl::Span<const uint8_t> data) const {
+  internal::ReadSection read_side;
+  PioAddress base;
+  const DevicePio* device;
+  const IoStatus s = table_.load(std::memory_order_acquire)
+                         ->pio()
+                         .Find(addr, data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->PioWrite(base, addr - base, data);
+  return IoStatus::kOk;
+}
+
+IoStatus IoManager::MmioRead(MmioAddress addr, absl::Span<uint8_t> data) const {
+  internal::ReadSection read_side;
+  MmioAddress base;
+  const DeviceMmio* device;
+  const IoStatus s = table_.load(std::memory_order_acquire)
+                         ->mmio()
+                         .Find(addr, data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->MmioRead(base, addr - base, data);
+  return IoStatus::kOk;
+}
+
+IoStatus IoManager::MmioWrite(MmioAddress addr,
+                              absl::Span<const uint8_t> data) const {
+  internal::ReadSection read_side;
+  MmioAddress base;
+  const DeviceMmio* device;
+  const IoStatus s = table_.load(std::memory_order_acquire)
+                         ->mmio()
+                         .Find(addr, data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->MmioWrite(base, addr - base, data);
+  return IoStatus::kOk;
+}
+
+// -----------------------------------------------------------------------------
+// Lookup
+// -----------------------------------------------------------------------------
+
+namespace {
+
+template <typename Table, typename A, typename F>
+bool Visit(const Table& table, A addr, F f) {
+  A base;
+  typename std::remove_const_t<
+      std::remove_pointer_t<decltype(table.slots[0].device)>> const* device;
+  if (table.Find(addr, 1, &base, &device) != IoStatus::kOk) return false;
+  // Find(addr, 1) succeeded, so slots[i] holds addr; rebuild its range.
+  const size_t i = range_search_internal::FindFloor(table.bases, table.n,
+                                                    addr.value());
+  f(range_search_internal::RangeFactory::FromBounds<A>(table.bases[i],
+                                                       table.slots[i].last),
+    *device);
+  return true;
+}
+
+}  // namespace
+
+bool IoManager::VisitPioDevice(
+    PioAddress addr,
+    absl::FunctionRef<void(const PioRange&, const DevicePio&)> f) const {
+  internal::ReadSection read_side;
+  return Visit(table_.load(std::memory_order_acquire)->pio(), addr, f);
+}
+
+bool IoManager::VisitMmioDevice(
+    MmioAddress addr,
+    absl::FunctionRef<void(const MmioRange&, const DeviceMmio&)> f) const {
+  internal::ReadSection read_side;
+  return Visit(table_.load(std::memory_order_acquire)->mmio(), addr, f);
+}
+
+std::optional<std::pair<PioRange, std::shared_ptr<DevicePio>>>
+IoManager::PioDevice(PioAddress addr) const {
+  absl::MutexLock lock(&writer_mu_);
+  auto entry = pio_bus_.Device(addr);
+  if (!entry) return std::nullopt;
+  return std::make_pair(entry->range, *entry->device);
+}
+
+std::optional<std::pair<MmioRange, std::shared_ptr<DeviceMmio>>>
+IoManager::MmioDevice(MmioAddress addr) const {
+  absl::MutexLock lock(&writer_mu_);
+  auto entry = mmio_bus_.Device(addr);
+  if (!entry) return std::nullopt;
+  return std::make_pair(entry->range, *entry->device);
+}
+
+// -----------------------------------------------------------------------------
+// Writer side
+// -----------------------------------------------------------------------------
+
+namespace {
+
+// What CommitLocked must undo if a later change of the batch fails.
+struct Undo {
+  enum Kind { kAddedPio, kAddedMmio, kRemovedPio, kRemovedMmio } kind;
+  uint64_t base;     // kAdded*: the base of the added range
+  size_t removed;    // kRemoved*: index into IoBatch::Removed
+};
+
+}  // namespace
+
+absl::StatusOr<IoBatch::Removed> IoManager::CommitLocked(IoBatch& batch,
+                                                         size_t* failed) {
+  IoBatch::Removed removed;
+  if (batch.ops_.empty()) return removed;
+
+  // Room for every add up front, so that neither applying nor undoing a
+  // change allocates inside the buses (a rollback cannot fail).
+  size_t pio_adds = 0, mmio_adds = 0;
+  for (const IoBatch::Op& op : batch.ops_) {
+    pio_adds += std::holds_alternative<IoBatch::AddPioOp>(op);
+    mmio_adds += std::holds_alternative<IoBatch::AddMmioOp>(op);
+  }
+  pio_bus_.Reserve(pio_bus_.size() + pio_adds);
+  mmio_bus_.Reserve(mmio_bus_.size() + mmio_adds);
+  std::vector<Undo> undo;
+  undo.reserve(batch.ops_.size());
+  removed.pio.reserve(batch.ops_.size() - pio_adds - mmio_adds);
+  removed.mmio.reserve(batch.ops_.size() - pio_adds - mmio_adds);
+
+  auto rollback = [&] {
+    for (auto it = undo.rbegin(); it != undo.rend(); ++it) {
+      switch (it->kind) {
+        case Undo::kAddedPio:
+          pio_bus_.Deregister(PioAddress(static_cast<uint16_t>(it->base)));
+          break;
+        case Undo::kAddedMmio:
+          mmio_bus_.Deregister(MmioAddress(it->base));
+          break;
+        case Undo::kRemovedPio: {
+          auto& [range, dev] = removed.pio[it->removed];
+          // Cannot fail: the range was there, and what replaced it is undone.
+          pio_bus_.Register(range, std::move(dev)).IgnoreError();
+          break;
+        }
+        case Undo::kRemovedMmio: {
+          auto& [range, dev] = removed.mmio[it->removed];
+          mmio_bus_.Register(range, std::move(dev)).IgnoreError();
+          break;
+        }
+      }
+    }
+  };
+
+  const size_t n = batch.ops_.size();
+  for (size_t i = 0; i < n; ++i) {
+    absl::Status s = std::visit(
+        Overloaded{
+            [&](IoBatch::AddPioOp& op) -> absl::Status {
+              if (op.device == nullptr) return NullDevice(op.range);
+              absl::Status r = pio_bus_.Register(op.range, std::move(op.device));
+              if (r.ok()) {
+                undo.push_back({Undo::kAddedPio, op.range.base().value(), 0});
+              }
+              return r;
+            },
+            [&](IoBatch::AddMmioOp& op) -> absl::Status {
+              if (op.device == nullptr) return NullDevice(op.range);
+              absl::Status r =
+                  mmio_bus_.Register(op.range, std::move(op.device));
+              if (r.ok()) {
+                undo.push_back({Undo::kAddedMmio, op.range.base().value(), 0});
+              }
+              return r;
+            },
+            [&](IoBatch::RemovePioOp& op) -> absl::Status {
+              auto gone = pio_bus_.Deregister(op.addr);
+              if (!gone) {
+                return op.must_exist ? NoRangeHolds(op.addr) : absl::OkStatus();
+              }
+              undo.push_back({Undo::kRemovedPio, 0, removed.pio.size()});
+              removed.pio.push_back(std::move(*gone));
+              return absl::OkStatus();
+            },
+            [&](IoBatch::RemoveMmioOp& op) -> absl::Status {
+              auto gone = mmio_bus_.Deregister(op.addr);
+              if (!gone) {
+                return op.must_exist ? NoRangeHolds(op.addr) : absl::OkStatus();
+              }
+              undo.push_back({Undo::kRemovedMmio, 0, removed.mmio.size()});
+              removed.mmio.push_back(std::move(*gone));
+              return absl::OkStatus();
+            },
+        },
+        batch.ops_[i]);
+    if (!s.ok()) {
+      rollback();
+      if (failed != nullptr) *failed = i;
+      return s;
+    }
+  }
+  if (undo.empty()) return removed;  // nothing changed: nothing to publish
+
+  // Everything that can fail comes before the publish.
+  internal::RangeTablePtr fresh;
+  std::unique_ptr<RetiredSnapshot> retired;
+  try {
+    fresh = RangeTable::Build(pio_bus_, mmio_bus_);
+    retired = std::make_unique<RetiredSnapshot>();
+    retired->devices.reserve(removed.pio.size() + removed.mmio.size());
+  } catch (...) {
+    rollback();
+    throw;
+  }
+  for (const auto& [range, dev] : removed.pio) retired->devices.push_back(dev);
+  for (const auto& [range, dev] : removed.mmio) retired->devices.push_back(dev);
+
+  // relaxed: table_ is stored only here, under writer_mu_, which this thread
+  // holds; the load reads this thread's (or a previous holder's) store.
+  const RangeTable* old = table_.load(std::memory_order_relaxed);
+  // release: publishes the fully built snapshot; pairs with the acquire loads
+  // in the dispatch and visit paths (A.2).
+  table_.store(fresh.release(), std::memory_order_release);
+  retired->table.reset(const_cast<RangeTable*>(old));
+  ++publishes_;
+  // The old snapshot and the removed devices go after a grace period (C.1).
+  // Never waits, so this is safe inside a handler's read-side section.
+  internal::Retire(std::move(retired));
+  return removed;
+}
+
+absl::StatusOr<IoBatch::Removed> IoManager::Commit(IoBatch batch) {
+  absl::MutexLock lock(&writer_mu_);
+  size_t failed = 0;
+  absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, &failed);
+  if (r.ok() || batch.size() == 1) return r;
+  return Prefixed(r.status(), absl::StrCat("change ", failed + 1, " of ",
+                                           batch.size(), ": "));
+}
+
+absl::Status IoManager::RegisterPio(PioRange range,
+                                    std::shared_ptr<DevicePio> device) {
+  IoBatch batch;
+  batch.AddPio(range, std::move(device));
+  absl::MutexLock lock(&writer_mu_);
+  return CommitLocked(batch, nullptr).status();
+}
+
+absl::Status IoManager::RegisterMmio(MmioRange range,
+                                     std::shared_ptr<DeviceMmio> device) {
+  IoBatch batch;
+  batch.AddMmio(range, std::move(device));
+  absl::MutexLock lock(&writer_mu_);
+  return CommitLocked(batch, nullptr).status();
+}
+
+absl::StatusOr<std::pair<PioRange, std::shared_ptr<DevicePio>>>
+IoManager::DeregisterPio(PioAddress addr) {
+  IoBatch batch;
+  batch.RemovePio(addr);
+  absl::MutexLock lock(&writer_mu_);
+  absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, nullptr);
+  if (!r.ok()) return r.status();
+  return std::move(r->pio.front());
+}
+
+absl::StatusOr<std::pair<MmioRange, std::shared_ptr<DeviceMmio>>>
+IoManager::DeregisterMmio(MmioAddress addr) {
+  IoBatch batch;
+  batch.RemoveMmio(addr);
+  absl::MutexLock lock(&writer_mu_);
+  absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, nullptr);
+  if (!r.ok()) return r.status();
+  return std::move(r->mmio.front());
+}
+
+namespace {
+
+// The batch that moves the range of `bus` holding `addr` to `new_base`.
+template <typename A, typename D, typename AddFn>
+absl::StatusOr<IoBatch> MoveBatch(const Bus<A, std::shared_ptr<D>>& bus,
+                                  A addr, A new_base, AddFn add) {
+  auto entry = bus.Device(addr);
+  if (!entry) return NoRangeHolds(addr);
+  absl::StatusOr<BusRange<A>> moved =
+      BusRange<A>::Create(new_base, entry->range.size());
+  if (!moved.ok()) {
+    return Prefixed(moved.status(),
+                    absl::StrCat("cannot move ", entry->range.ToString(), ": "));
+  }
+  IoBatch batch;
+  add(batch, addr, *moved, *entry->device);
+  return batch;
+}
+
+}  // namespace
+
+absl::Status IoManager::MovePio(PioAddress addr, PioAddress new_base) {
+  absl::MutexLock lock(&writer_mu_);
+  absl::StatusOr<IoBatch> batch = MoveBatch(
+      pio_bus_, addr, new_base,
+      [](IoBatch& b, PioAddress from, PioRange to,
+         const std::shared_ptr<DevicePio>& dev) {
+        b.RemovePio(from).AddPio(to, dev);
+      });
+  if (!batch.ok()) return batch.status();
+  absl::StatusOr<IoBatch::Removed> r = CommitLocked(*batch, nullptr);
+  if (!r.ok()) return Prefixed(r.status(), "cannot move: ");
+  return absl::OkStatus();
+}
+
+absl::Status IoManager::MoveMmio(MmioAddress addr, MmioAddress new_base) {
+  absl::MutexLock lock(&writer_mu_);
+  absl::StatusOr<IoBatch> batch = MoveBatch(
+      mmio_bus_, addr, new_base,
+      [](IoBatch& b, MmioAddress from, MmioRange to,
+         const std::shared_ptr<DeviceMmio>& dev) {
+        b.RemoveMmio(from).AddMmio(to, dev);
+      });
+  if (!batch.ok()) return batch.status();
+  absl::StatusOr<IoBatch::Removed> r = CommitLocked(*batch, nullptr);
+  if (!r.ok()) return Prefixed(r.status(), "cannot move: ");
+  return absl::OkStatus();
+}
+
+// -----------------------------------------------------------------------------
+// Resources
+// -----------------------------------------------------------------------------
+
+absl::Status IoManager::RegisterPioResources(
+    std::shared_ptr<DevicePio> device, absl::Span<const Resource> resources) {
+  return RegisterResourcesImpl(std::move(device), nullptr, resources,
+                               /*want_pio=*/true, /*want_mmio=*/false);
+}
+
+absl::Status IoManager::RegisterMmioResources(
+    std::shared_ptr<DeviceMmio> device, absl::Span<const Resource> resources) {
+  return RegisterResourcesImpl(nullptr, std::move(device), resources,
+                               /*want_pio=*/false, /*want_mmio=*/true);
+}
+
+absl::Status IoManager::RegisterResourcesImpl(
+    std::shared_ptr<DevicePio> pio, std::shared_ptr<DeviceMmio> mmio,
+    absl::Span<const Resource> resources, bool want_pio, bool want_mmio) {
+  // The batch, MMIO ranges first then PIO ranges (the crate's order), and
+  // for each change the index of the resource it came from.
+  IoBatch batch;
+  std::vector<size_t> origin;
+  auto describe = [](size_t i, const auto& r, const char* bus) {
+    return absl::StrFormat("resource #%d (%s base 0x%x size 0x%x): ", i, bus,
+                           static_cast<uint64_t>(r.base),
+                           static_cast<uint64_t>(r.size));
+  };
+  if (want_mmio) {
+    for (size_t i = 0; i < resources.size(); ++i) {
+      const auto* r = std::get_if<MmioAddressRange>(&resources[i]);
+      if (r == nullptr) continue;
+      absl::StatusOr<MmioRange> range =
+          MmioRange::Create(MmioAddress(r->base), r->size);
+      if (!range.ok()) {
+        return Prefixed(range.status(), describe(i, *r, "MMIO"));
+      }
+      if (mmio == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            describe(i, *r, "MMIO"),
+            want_pio ? "the device does not implement DeviceMmio"
+                     : "null device"));
+      }
+      batch.AddMmio(*range, mmio);
+      origin.push_back(i);
+    }
+  }
+  if (want_pio) {
+    for (size_t i = 0; i < resources.size(); ++i) {
+      const auto* r = std::get_if<PioAddressRange>(&resources[i]);
+      if (r == nullptr) continue;
+      absl::StatusOr<PioRange> range =
+          PioRange::Create(PioAddress(r->base), r->size);
+      if (!range.ok()) {
+        return Prefixed(range.status(), describe(i, *r, "PIO"));
+      }
+      if (pio == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            describe(i, *r, "PIO"),
+            want_mmio ? "the device does not implement DevicePio"
+                      : "null device"));
+      }
+      batch.AddPio(*range, pio);
+      origin.push_back(i);
+    }
+  }
+  if (batch.empty()) return absl::OkStatus();
+
+  absl::MutexLock lock(&writer_mu_);
+  size_t failed = 0;
+  absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, &failed);
+  if (r.ok()) return absl::OkStatus();
+  return Prefixed(r.status(), absl::StrFormat("resource #%d: ", origin[failed]));
+}
+
+size_t IoManager::DeregisterResources(absl::Span<const Resource> resources) {
+  IoBatch batch;
+  for (const Resource& res : resources) {
+    if (const auto* p = std::get_if<PioAddressRange>(&res)) {
+      batch.ops_.push_back(
+          IoBatch::RemovePioOp{PioAddress(p->base), /*must_exist=*/false});
+    } else if (const auto* m = std::get_if<MmioAddressRange>(&res)) {
+      batch.ops_.push_back(
+          IoBatch::RemoveMmioOp{MmioAddress(m->base), /*must_exist=*/false});
+    }
+  }
+  absl::MutexLock lock(&writer_mu_);
+  absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, nullptr);
+  // Lenient removals cannot fail; only std::bad_alloc (thrown) could.
+  return r.ok() ? r->pio.size() + r->mmio.size() : 0;
+}
+
+// -----------------------------------------------------------------------------
+// Reclamation and introspection
+// -----------------------------------------------------------------------------
+
+absl::Status IoManager::Synchronize() const {
+  if (internal::InReadSection()) {
+    return absl::FailedPreconditionError(
+        "IoManager::Synchronize called inside a read-side critical section "
+        "(from a device handler?): it would wait for itself");
+  }
+  if (internal::OnReclaimThread()) {
+    return absl::FailedPreconditionError(
+        "IoManager::Synchronize called on the RCU reclamation thread (from a "
+        "device destructor?): it would wait for itself");
+  }
+  internal::WaitForReaders();
+  internal::WaitForRetired();
+  return absl::OkStatus();
+}
+
+IoManagerStats IoManager::stats() const {
+  absl::MutexLock lock(&writer_mu_);
+  IoManagerStats s;
+  s.pio_ranges = pio_bus_.size();
+  s.mmio_ranges = mmio_bus_.size();
+  s.publishes = publishes_;
+  s.snapshot_bytes = table_.load(std::memory_order_relaxed)->bytes();
+  return s;
+}
+
+}  // namespace vm_device

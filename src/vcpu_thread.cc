@@ -1,0 +1,17 @@
+// VcpuThread: explicit RCU reader registration for a scope.
+
+#include "vm_device/vcpu_thread.h"
+
+#include "src/internal/rcu.h"
+
+namespace vm_device {
+
+VcpuThread::VcpuThread() : owns_registration_(!internal::tls_rcu_registered) {
+  if (owns_registration_) internal::RegisterForScope();
+}
+
+VcpuThread::~VcpuThread() {
+  if (owns_registration_) internal::UnregisterForScope();
+}
+
+}  // namespace vm_device
