@@ -6,7 +6,7 @@
 
 namespace vm_device {
 
-VcpuThread::VcpuThread() : owns_registration_(!internal::tls_rcu_registered) {
+VcpuThread::VcpuThread() : owns_registration_(!internal::IsRegistered()) {
   if (owns_registration_) internal::RegisterForScope();
 }
 

@@ -21,6 +21,12 @@
 // to announce quiescent states, and it may block (in KVM_RUN, say) for as long
 // as it likes outside a dispatch.
 //
+// Applications that use liburcu's memb flavour themselves may register their
+// threads with `urcu_memb_register_thread()` as usual: the library sees that
+// registration and neither repeats nor undoes it. (Built with
+// --define=vm_device_urcu_inline=false it cannot see it: then register such
+// threads only through VcpuThread.)
+//
 // Thread safety: create and destroy on the same thread, outside any dispatch
 // or handler. Nesting is harmless (an inner object does nothing).
 // Progress: blocking (liburcu's registry mutex), once per thread.

@@ -3,9 +3,7 @@
 
 #include "src/internal/rcu.h"
 
-#include <urcu/urcu-memb.h>  // the memb flavour, prefixed names (urcu_memb_*)
-#include <urcu/call-rcu.h>   // IWYU pragma: keep
-#include <urcu/compiler.h>
+// rcu.h includes liburcu (memb flavour), inline fast paths or not.
 
 #include <cstddef>
 #include <memory>
@@ -17,7 +15,6 @@
 
 #ifdef ABSL_HAVE_THREAD_SANITIZER
 extern "C" void __tsan_acquire(void* addr);
-extern "C" void __tsan_release(void* addr);
 #endif
 
 namespace vm_device {
@@ -39,7 +36,7 @@ static_assert(std::is_standard_layout_v<Retired::RcuNode> &&
 //
 //   Reader thread                        Writer / reclamation thread
 //   ReadLock(); ...reads table...
-//   GraceRelease()   (A)                 publish new table; Retire(old)
+//   ~ReadSection(): release (A)          publish new table; Retire(old)
 //   ReadUnlock()                         ...grace period ends...
 //                                        GraceAcquire()  (B, matches A)
 //                                        delete old
@@ -48,28 +45,23 @@ static_assert(std::is_standard_layout_v<Retired::RcuNode> &&
 // orders the free after every read-side critical section that released
 // before the grace period ended, which is exactly what RCU guarantees.
 // Builds without TSan compile these to nothing.
-[[maybe_unused]] char grace_sync;
-
 inline void GraceRelease() {
 #ifdef ABSL_HAVE_THREAD_SANITIZER
-  __tsan_release(&grace_sync);
+  __tsan_release(&tsan_grace_sync);
 #endif
 }
 
 inline void GraceAcquire() {
 #ifdef ABSL_HAVE_THREAD_SANITIZER
-  __tsan_acquire(&grace_sync);
+  __tsan_acquire(&tsan_grace_sync);
 #endif
 }
 
-// Unregisters the thread at exit if it was registered lazily.
+// Unregisters the thread at exit if RegisterSlow() registered it.
 struct ExitUnregister {
   bool armed = false;
   ~ExitUnregister() {
-    if (armed && tls_rcu_registered) {
-      urcu_memb_unregister_thread();
-      tls_rcu_registered = false;
-    }
+    if (armed && IsRegistered()) UnregisterForScope();
   }
 };
 
@@ -80,34 +72,35 @@ void Reclaim(rcu_head* head) {
 
 }  // namespace
 
-thread_local bool tls_rcu_registered = false;
+char tsan_grace_sync;
+
+#if !VM_DEVICE_URCU_INLINE
+constinit thread_local bool tls_rcu_registered = false;
+#endif
 
 void RegisterSlow() {
+  if (IsRegistered()) return;
   static thread_local ExitUnregister at_exit;
-  urcu_memb_register_thread();
-  tls_rcu_registered = true;
+  RegisterForScope();
   at_exit.armed = true;
 }
 
 void RegisterForScope() {
   urcu_memb_register_thread();
+#if !VM_DEVICE_URCU_INLINE
   tls_rcu_registered = true;
+#endif
 }
 
 void UnregisterForScope() {
   urcu_memb_unregister_thread();
+#if !VM_DEVICE_URCU_INLINE
   tls_rcu_registered = false;
-}
-
-void ReadLock() { urcu_memb_read_lock(); }
-
-void ReadUnlock() {
-  GraceRelease();  // A
-  urcu_memb_read_unlock();
+#endif
 }
 
 bool InReadSection() {
-  return tls_rcu_registered && urcu_memb_read_ongoing() != 0;
+  return IsRegistered() && urcu_memb_read_ongoing() != 0;
 }
 
 bool OnReclaimThread() {

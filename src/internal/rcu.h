@@ -29,20 +29,60 @@
 #ifndef VM_DEVICE_SRC_INTERNAL_RCU_H_
 #define VM_DEVICE_SRC_INTERNAL_RCU_H_
 
+// VM_DEVICE_URCU_INLINE (set by Bazel; 1 unless built with
+// --define=vm_device_urcu_inline=false) chooses how the read side reaches
+// liburcu:
+//   1: liburcu's own inline fast paths (_LGPL_SOURCE): enter and leave are a
+//      few instructions on a thread-local counter, inlined into the dispatch
+//      functions. This compiles liburcu's LGPL-2.1+ header code into the
+//      library (see README.md, "Licensing of the read side").
+//   0: the exported functions of liburcu-memb.so: two calls through the PLT,
+//      each with a general-dynamic TLS lookup (__tls_get_addr). Slower by
+//      tens of nanoseconds per dispatch (README.md has the measurement).
+// Only this header and rcu.cc include liburcu; nothing outside src/internal
+// sees it.
+#ifndef VM_DEVICE_URCU_INLINE
+#define VM_DEVICE_URCU_INLINE 1
+#endif
+#if VM_DEVICE_URCU_INLINE && !defined(_LGPL_SOURCE)
+#define _LGPL_SOURCE 1
+#endif
+#include <urcu/urcu-memb.h>
+
 #include <memory>
 
 #include "absl/base/attributes.h"
 #include "absl/base/config.h"
 #include "absl/base/optimization.h"
 
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+extern "C" void __tsan_release(void* addr);
+#endif
+
 namespace vm_device {
 namespace internal {
 
-// Registers the calling thread as an RCU reader unless it already is.
-void RegisterSlow();
-extern thread_local bool tls_rcu_registered;
+// Whether liburcu has the calling thread registered (by this library or by
+// the application itself).
+#if VM_DEVICE_URCU_INLINE
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool IsRegistered() {
+  return URCU_TLS(urcu_memb_reader).registered;
+}
+#else
+// liburcu's exported API cannot tell; this is the library's own record, so
+// in this mode a thread the application registered itself is registered a
+// second time on its first dispatch, which liburcu refuses (vcpu_thread.h).
+extern constinit thread_local bool tls_rcu_registered;
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool IsRegistered() {
+  return tls_rcu_registered;
+}
+#endif
+
+// Registers the calling thread (until it exits) unless it is registered.
+ABSL_ATTRIBUTE_COLD void RegisterSlow();
+
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline void EnsureRegistered() {
-  if (ABSL_PREDICT_FALSE(!tls_rcu_registered)) RegisterSlow();
+  if (ABSL_PREDICT_FALSE(!IsRegistered())) RegisterSlow();
 }
 
 // RegisterForScope(), UnregisterForScope()
@@ -52,19 +92,27 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void EnsureRegistered() {
 void RegisterForScope();
 void UnregisterForScope();
 
-void ReadLock();
-void ReadUnlock();
+// The address TSan's happens-before annotations use for grace periods (see
+// rcu.cc).
+extern char tsan_grace_sync;
 
 // ReadSection
 //
 // An RCU read-side critical section for the scope. Nests. Exception-safe.
+// Wait-free: a thread-local counter update (memb flavour with membarrier),
+// plus, on a thread's first use, its registration.
 class ReadSection {
  public:
   ABSL_ATTRIBUTE_ALWAYS_INLINE ReadSection() {
     EnsureRegistered();
-    ReadLock();
+    urcu_memb_read_lock();
   }
-  ABSL_ATTRIBUTE_ALWAYS_INLINE ~ReadSection() { ReadUnlock(); }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE ~ReadSection() {
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+    __tsan_release(&tsan_grace_sync);  // A: see rcu.cc
+#endif
+    urcu_memb_read_unlock();
+  }
   ReadSection(const ReadSection&) = delete;
   ReadSection& operator=(const ReadSection&) = delete;
 };
