@@ -231,9 +231,23 @@ namespace {
 // What CommitLocked must undo if a later change of the batch fails.
 struct Undo {
   enum Kind { kAddedPio, kAddedMmio, kRemovedPio, kRemovedMmio } kind;
-  uint64_t base;     // kAdded*: the base of the added range
-  size_t removed;    // kRemoved*: index into IoBatch::Removed
+  size_t index;  // kAdded*: the op that added; kRemoved*: index into Removed
 };
+
+// Applies one add of a batch. The overlap check comes first so that a
+// refused device stays in the batch (see the rollback in CommitLocked).
+template <typename A, typename D, typename Op>
+absl::Status Add(Bus<A, std::shared_ptr<D>>& bus, Op& op, Undo undo_record,
+                 std::vector<Undo>& undo) {
+  if (op.device == nullptr) return NullDevice(op.range);
+  if (std::optional<BusRange<A>> clash = bus.Overlapping(op.range)) {
+    return Bus<A, std::shared_ptr<D>>::OverlapError(op.range, *clash);
+  }
+  // Cannot fail now (no overlap, room reserved), so op.device is not lost.
+  bus.Register(op.range, std::move(op.device)).IgnoreError();
+  undo.push_back(undo_record);
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -259,20 +273,26 @@ absl::StatusOr<IoBatch::Removed> IoManager::CommitLocked(IoBatch& batch,
   auto rollback = [&] {
     for (auto it = undo.rbegin(); it != undo.rend(); ++it) {
       switch (it->kind) {
-        case Undo::kAddedPio:
-          pio_bus_.Deregister(PioAddress(static_cast<uint16_t>(it->base)));
+        case Undo::kAddedPio: {
+          // The device goes back into the batch: destroyed by the caller
+          // after the writer mutex is released, never under it.
+          auto& op = std::get<IoBatch::AddPioOp>(batch.ops_[it->index]);
+          op.device = std::move(pio_bus_.Deregister(op.range.base())->second);
           break;
-        case Undo::kAddedMmio:
-          mmio_bus_.Deregister(MmioAddress(it->base));
+        }
+        case Undo::kAddedMmio: {
+          auto& op = std::get<IoBatch::AddMmioOp>(batch.ops_[it->index]);
+          op.device = std::move(mmio_bus_.Deregister(op.range.base())->second);
           break;
+        }
         case Undo::kRemovedPio: {
-          auto& [range, dev] = removed.pio[it->removed];
+          auto& [range, dev] = removed.pio[it->index];
           // Cannot fail: the range was there, and what replaced it is undone.
           pio_bus_.Register(range, std::move(dev)).IgnoreError();
           break;
         }
         case Undo::kRemovedMmio: {
-          auto& [range, dev] = removed.mmio[it->removed];
+          auto& [range, dev] = removed.mmio[it->index];
           mmio_bus_.Register(range, std::move(dev)).IgnoreError();
           break;
         }
@@ -285,28 +305,17 @@ absl::StatusOr<IoBatch::Removed> IoManager::CommitLocked(IoBatch& batch,
     absl::Status s = std::visit(
         Overloaded{
             [&](IoBatch::AddPioOp& op) -> absl::Status {
-              if (op.device == nullptr) return NullDevice(op.range);
-              absl::Status r = pio_bus_.Register(op.range, std::move(op.device));
-              if (r.ok()) {
-                undo.push_back({Undo::kAddedPio, op.range.base().value(), 0});
-              }
-              return r;
+              return Add(pio_bus_, op, Undo{Undo::kAddedPio, i}, undo);
             },
             [&](IoBatch::AddMmioOp& op) -> absl::Status {
-              if (op.device == nullptr) return NullDevice(op.range);
-              absl::Status r =
-                  mmio_bus_.Register(op.range, std::move(op.device));
-              if (r.ok()) {
-                undo.push_back({Undo::kAddedMmio, op.range.base().value(), 0});
-              }
-              return r;
+              return Add(mmio_bus_, op, Undo{Undo::kAddedMmio, i}, undo);
             },
             [&](IoBatch::RemovePioOp& op) -> absl::Status {
               auto gone = pio_bus_.Deregister(op.addr);
               if (!gone) {
                 return op.must_exist ? NoRangeHolds(op.addr) : absl::OkStatus();
               }
-              undo.push_back({Undo::kRemovedPio, 0, removed.pio.size()});
+              undo.push_back({Undo::kRemovedPio, removed.pio.size()});
               removed.pio.push_back(std::move(*gone));
               return absl::OkStatus();
             },
@@ -315,7 +324,7 @@ absl::StatusOr<IoBatch::Removed> IoManager::CommitLocked(IoBatch& batch,
               if (!gone) {
                 return op.must_exist ? NoRangeHolds(op.addr) : absl::OkStatus();
               }
-              undo.push_back({Undo::kRemovedMmio, 0, removed.mmio.size()});
+              undo.push_back({Undo::kRemovedMmio, removed.mmio.size()});
               removed.mmio.push_back(std::move(*gone));
               return absl::OkStatus();
             },

@@ -168,6 +168,16 @@ class Bus {
     return Clash(range, InsertionPoint(range.base()));
   }
 
+  // Bus::OverlapError()
+  //
+  // The error Register returns when `range` overlaps the registered range
+  // `existing`.
+  static absl::Status OverlapError(Range range, Range existing) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        range.ToString(), " overlaps ", existing.ToString(),
+        ", which is already registered"));
+  }
+
   // Bus::Reserve()
   //
   // Makes room for `n` ranges so that Register cannot fail for lack of memory
@@ -216,12 +226,6 @@ class Bus {
       return RangeAt(at);
     }
     return std::nullopt;
-  }
-
-  static absl::Status OverlapError(Range range, Range existing) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        range.ToString(), " overlaps ", existing.ToString(),
-        ", which is already registered"));
   }
 
   std::vector<Value> bases_;  // ascending; bases_[i] pairs with slots_[i]
