@@ -88,6 +88,27 @@ TEST(TraceFormat, LoadsADeviceMap) {
   EXPECT_EQ(map.ranges[5].last, 0xffffu);
 }
 
+TEST(TraceFormat, RangeLookupFindsTheRangeHoldingAnAddress) {
+  const DeviceMap map = LoadGoodMap();
+  const trace::RangeLookup lookup(map);
+  EXPECT_EQ(lookup.Find(BusKind::kPio, 0x1f), nullptr);
+  ASSERT_NE(lookup.Find(BusKind::kPio, 0x20), nullptr);
+  EXPECT_EQ(lookup.Find(BusKind::kPio, 0x20)->line, 3);
+  EXPECT_EQ(lookup.Find(BusKind::kPio, 0x21)->line, 3);
+  EXPECT_EQ(lookup.Find(BusKind::kPio, 0x22), nullptr);
+  ASSERT_NE(lookup.Find(BusKind::kPio, 0xa1), nullptr);
+  EXPECT_EQ(lookup.Find(BusKind::kPio, 0xa1)->first, 0xa0u);
+  EXPECT_EQ(lookup.Find(BusKind::kPio, 0x3ff)->name, "serial");
+  EXPECT_EQ(lookup.Find(BusKind::kPio, 0xffff)->name, "top");
+  // The same number on the other bus.
+  EXPECT_EQ(lookup.Find(BusKind::kMmio, 0x20), nullptr);
+  EXPECT_EQ(lookup.Find(BusKind::kMmio, 0xfed00000)->name, "hpet");
+  EXPECT_EQ(lookup.Find(BusKind::kMmio, 0xfed00400), nullptr);
+  EXPECT_EQ(lookup.Find(BusKind::kMmio, 0xfebd441f)->name,
+            "vga ioports remapped");
+  EXPECT_EQ(lookup.Find(BusKind::kMmio, 0xffffffffffffffff), nullptr);
+}
+
 TEST(TraceFormat, LoadsAGzippedMap) {
   absl::StatusOr<DeviceMap> map =
       LoadDeviceMap(WriteFile("good.tsv.gz", kMap, /*gzip=*/true));

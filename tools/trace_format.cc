@@ -165,40 +165,39 @@ const char* BusName(BusKind bus) {
 
 std::string Quote(absl::string_view s) { return absl::StrCat("'", s, "'"); }
 
-// The map's ranges of one bus, sorted by `first`, for lookups by address.
-class RangeIndex {
- public:
-  RangeIndex(const DeviceMap& map, BusKind bus) {
-    for (const MapRange& r : map.ranges) {
-      if (r.bus == bus) ranges_.push_back(&r);
-    }
-    std::sort(ranges_.begin(), ranges_.end(),
-              [](const MapRange* a, const MapRange* b) {
-                return a->first < b->first;
-              });
+// The ranges of `bus`, sorted by `first`.
+std::vector<const MapRange*> SortedRanges(const DeviceMap& map, BusKind bus) {
+  std::vector<const MapRange*> out;
+  for (const MapRange& r : map.ranges) {
+    if (r.bus == bus) out.push_back(&r);
   }
-
-  // The range holding `addr`, or null.
-  const MapRange* Find(uint64_t addr) const {
-    auto it = std::upper_bound(
-        ranges_.begin(), ranges_.end(), addr,
-        [](uint64_t a, const MapRange* r) { return a < r->first; });
-    if (it == ranges_.begin()) return nullptr;
-    const MapRange* r = *(it - 1);
-    return addr <= r->last ? r : nullptr;
-  }
-
-  const std::vector<const MapRange*>& sorted() const { return ranges_; }
-
- private:
-  std::vector<const MapRange*> ranges_;
-};
+  std::sort(out.begin(), out.end(), [](const MapRange* a, const MapRange* b) {
+    return a->first < b->first;
+  });
+  return out;
+}
 
 bool FileExists(const std::string& path) {
   return !path.empty() && access(path.c_str(), F_OK) == 0;
 }
 
 }  // namespace
+
+RangeLookup::RangeLookup(const DeviceMap& map)
+    : pio_(SortedRanges(map, BusKind::kPio)),
+      mmio_(SortedRanges(map, BusKind::kMmio)) {}
+
+const MapRange* RangeLookup::Find(BusKind bus, uint64_t addr) const {
+  const std::vector<const MapRange*>& ranges =
+      bus == BusKind::kPio ? pio_ : mmio_;
+  // The last range starting at or below `addr`.
+  auto it = std::upper_bound(
+      ranges.begin(), ranges.end(), addr,
+      [](uint64_t a, const MapRange* r) { return a < r->first; });
+  if (it == ranges.begin()) return nullptr;
+  const MapRange* r = *(it - 1);
+  return addr <= r->last ? r : nullptr;
+}
 
 absl::StatusOr<DeviceMap> LoadDeviceMap(const std::string& path) {
   absl::StatusOr<std::unique_ptr<LineReader>> opened = LineReader::Open(path);
@@ -252,8 +251,7 @@ absl::StatusOr<DeviceMap> LoadDeviceMap(const std::string& path) {
 
   // Ranges of one bus must be disjoint, as on a real bus.
   for (const BusKind bus : {BusKind::kPio, BusKind::kMmio}) {
-    const RangeIndex index(map, bus);
-    const std::vector<const MapRange*>& sorted = index.sorted();
+    const std::vector<const MapRange*> sorted = SortedRanges(map, bus);
     for (size_t i = 1; i < sorted.size(); ++i) {
       const MapRange& a = *sorted[i - 1];
       const MapRange& b = *sorted[i];
@@ -282,8 +280,7 @@ absl::StatusOr<std::vector<Access>> LoadTrace(const std::string& path,
   for (size_t i = 0; i < map.names.size(); ++i) {
     name_index.emplace(map.names[i], static_cast<int32_t>(i));
   }
-  const RangeIndex pio(map, BusKind::kPio);
-  const RangeIndex mmio(map, BusKind::kMmio);
+  const RangeLookup lookup(map);
 
   std::vector<Access> out;
   while (in.Next()) {
@@ -341,7 +338,7 @@ absl::StatusOr<std::vector<Access>> LoadTrace(const std::string& path,
         return in.Error(absl::StrCat("region ", Quote(f[6]),
                                      " is not a device of the map"));
       }
-      const MapRange* r = (a.bus == BusKind::kPio ? pio : mmio).Find(a.addr);
+      const MapRange* r = lookup.Find(a.bus, a.addr);
       if (r == nullptr || r->name != f[6]) {
         return in.Error(absl::StrCat(
             "address ", f[3], " is not inside a ", BusName(a.bus),

@@ -99,6 +99,26 @@ struct Access {
   int32_t device;  // index into DeviceMap::names, or -1 for '-' (no device)
 };
 
+// RangeLookup
+//
+// Finds the map range holding an address (binary search over each bus's
+// ranges sorted by `first`). Keeps pointers into the map it was built from:
+// the map must outlive it and not change. For a map with overlapping ranges
+// (LoadDeviceMap() refuses those) the answer is one of the candidates.
+class RangeLookup {
+ public:
+  explicit RangeLookup(const DeviceMap& map);
+
+  // RangeLookup::Find()
+  //
+  // The range of `bus` holding `addr`, or null when no range does.
+  const MapRange* Find(BusKind bus, uint64_t addr) const;
+
+ private:
+  std::vector<const MapRange*> pio_;   // sorted by first
+  std::vector<const MapRange*> mmio_;  // sorted by first
+};
+
 // LoadDeviceMap()
 //
 // Reads a devices.tsv file (plain or gzip'd).
