@@ -67,6 +67,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -74,6 +75,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "bench/engines.h"
+#include "tools/trace_format.h"
 #include "benchmark/benchmark.h"
 #include "vm_device/io_manager.h"
 
@@ -178,6 +180,68 @@ Engine& CachedEngine(int n) {
       std::abort();
     }
   }
+  return *e;
+}
+
+// The recorded workload: the device map (one SinkDevice per device name) and
+// each vCPU's accesses in the guest's order. Accesses made by devices
+// (vcpu -1, MSI writes) are folded into vCPU 0's stream, in trace order.
+struct TraceWorkload {
+  std::vector<RangeSpec> map;
+  std::vector<std::vector<Access>> streams;  // [vcpu]
+  size_t accesses = 0;
+};
+
+const char kTraceMap[] = "tests/data/qemu-q35-linux61/devices.tsv";
+const char kTraceFile[] = "tests/data/qemu-q35-linux61/trace.tsv.gz";
+
+absl::StatusOr<TraceWorkload> LoadTraceWorkload() {
+  namespace trace = vm_device::trace;
+  absl::StatusOr<trace::DeviceMap> map =
+      trace::LoadDeviceMap(trace::ResolveDataPath(kTraceMap));
+  if (!map.ok()) return map.status();
+  absl::StatusOr<std::vector<trace::Access>> accesses =
+      trace::LoadTrace(trace::ResolveDataPath(kTraceFile), *map);
+  if (!accesses.ok()) return accesses.status();
+  TraceWorkload w;
+  std::vector<std::shared_ptr<SinkDevice>> devices;
+  for (size_t i = 0; i < map->names.size(); ++i) {
+    devices.push_back(std::make_shared<SinkDevice>(static_cast<uint8_t>(i)));
+  }
+  for (const trace::MapRange& r : map->ranges) {
+    auto name = std::find(map->names.begin(), map->names.end(), r.name);
+    w.map.push_back({r.bus == trace::BusKind::kPio ? BusKind::kPio
+                                                   : BusKind::kMmio,
+                     r.first, r.last - r.first + 1,
+                     devices[static_cast<size_t>(name - map->names.begin())]});
+  }
+  for (const trace::Access& a : *accesses) {
+    const size_t vcpu = a.vcpu < 0 ? 0 : static_cast<size_t>(a.vcpu);
+    if (w.streams.size() <= vcpu) w.streams.resize(vcpu + 1);
+    w.streams[vcpu].push_back(
+        {a.addr, a.size,
+         a.bus == trace::BusKind::kPio ? BusKind::kPio : BusKind::kMmio,
+         a.write});
+    ++w.accesses;
+  }
+  return w;
+}
+
+// Loaded once, at registration; null when the data could not be read.
+const TraceWorkload* trace_workload = nullptr;
+
+template <typename Engine>
+Engine& CachedTraceEngine() {
+  static Engine* e = [] {
+    auto* engine = new Engine;
+    const absl::Status s = engine->AddAll(trace_workload->map);
+    if (!s.ok()) {
+      std::fprintf(stderr, "building %s for the trace: %s\n",
+                   std::string(Engine::kName).c_str(), s.ToString().c_str());
+      std::abort();
+    }
+    return engine;
+  }();
   return *e;
 }
 
@@ -366,6 +430,16 @@ void BM_Churn(benchmark::State& state, int ranges, int changes_per_s,
   }
 }
 
+template <typename Engine>
+void BM_Trace(benchmark::State& state, RunResults* results) {
+  const Engine& engine = CachedTraceEngine<Engine>();
+  const std::vector<Access>& stream =
+      trace_workload->streams[static_cast<size_t>(state.thread_index())];
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) results->Publish(state);
+}
+
 // Registration into an empty IoManager, timed per iteration by hand. One
 // manager serves the whole run: after each timed registration, one untimed
 // batch removes every range again. (Destroying a manager per iteration would
@@ -445,6 +519,16 @@ void RegisterEngine() {
           ->UseRealTime();
     }
   }
+  if (trace_workload != nullptr) {
+    auto* results = new RunResults;
+    benchmark::RegisterBenchmark(
+        DispatchName(Engine::kName, "trace",
+                     static_cast<int>(trace_workload->map.size()))
+            .c_str(),
+        [results](benchmark::State& s) { BM_Trace<Engine>(s, results); })
+        ->Threads(static_cast<int>(trace_workload->streams.size()))
+        ->UseRealTime();
+  }
   if constexpr (Engine::kConcurrentChanges) {
     for (int rate : {0, 1000}) {
       for (int ranges : kChurnRangeCounts) {
@@ -466,6 +550,11 @@ void RegisterEngine() {
 }
 
 void RegisterAll() {
+  if (absl::StatusOr<TraceWorkload> w = LoadTraceWorkload(); w.ok()) {
+    trace_workload = new TraceWorkload(*std::move(w));
+  } else {
+    std::fprintf(stderr, "no trace workload: %s\n", w.status().ToString().c_str());
+  }
   RegisterEngine<UnsynchronizedEngine>();
   RegisterEngine<RcuEngine>();
   RegisterEngine<RwLockMapEngine>();
@@ -666,11 +755,16 @@ void PrintSummary(const Results& r) {
   {
     std::string line;
     for (const char* e : engines) {
-      const double v = r.Get(e, "trace", 0, 4);
+      if (trace_workload == nullptr) break;
+      const double v =
+          r.Get(e, "trace", static_cast<int>(trace_workload->map.size()),
+                static_cast<int>(trace_workload->streams.size()));
       if (v > 0) absl::StrAppend(&line, absl::StrFormat(" %s %.1f;", e, v));
     }
     if (!line.empty()) {
-      std::printf("  trace (4 vCPU threads), ns per dispatch:%s\n", line.c_str());
+      std::printf("  trace (%zu accesses, one thread per vCPU), ns per "
+                  "dispatch:%s\n",
+                  trace_workload->accesses, line.c_str());
     }
   }
 }
