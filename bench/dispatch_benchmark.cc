@@ -608,13 +608,23 @@ class Results {
  public:
   explicit Results(const std::vector<benchmark::BenchmarkReporter::Run>& runs) {
     for (const auto& r : runs) {
-      if (r.run_type != benchmark::BenchmarkReporter::Run::RT_Iteration ||
+      // With --benchmark_repetitions, the mean of the repetitions (the
+      // "mean" aggregate, alone or with the repetitions, is the same mean).
+      const bool mean =
+          r.run_type == benchmark::BenchmarkReporter::Run::RT_Aggregate &&
+          r.aggregate_name == "mean";
+      if ((r.run_type != benchmark::BenchmarkReporter::Run::RT_Iteration &&
+           !mean) ||
           r.error_occurred) {
         continue;
       }
       auto& m = by_name_[absl::StrCat(r.run_name.function_name, "/threads:",
                                       r.threads)];
-      for (const auto& [k, c] : r.counters) m[k] = c.value;
+      for (const auto& [k, c] : r.counters) {
+        auto& [sum, n] = m[k];
+        sum += c.value;
+        ++n;
+      }
     }
   }
 
@@ -629,12 +639,12 @@ class Results {
     auto it = by_name_.find(name);
     if (it == by_name_.end()) return -1;
     auto c = it->second.find(counter);
-    return c == it->second.end() ? -1 : c->second;
+    return c == it->second.end() ? -1 : c->second.first / c->second.second;
   }
   bool empty() const { return by_name_.empty(); }
 
  private:
-  std::map<std::string, std::map<std::string, double>> by_name_;
+  std::map<std::string, std::map<std::string, std::pair<double, int>>> by_name_;
 };
 
 const char* Verdict(bool ok) { return ok ? "ok" : "MISSED"; }
@@ -712,7 +722,7 @@ void PrintSummary(const Results& r) {
                   " (%.0f changes/s; target <= 1.5x: %s), 1 kHz %5.2fx\n",
                   ranges, t, churn / base,
                   r.Get("rcu", "churn", ranges, t, "changes_per_s"),
-                  Verdict(churn / base <= 1.5), slow > 0 ? slow / base : -1);
+                  Verdict(churn / base <= 1.5), slow > 0 ? slow / base : 0.0);
     }
   }
   {
