@@ -1,0 +1,837 @@
+// //bench:dispatch: how long one dispatch takes from N vCPU threads, for this
+// library's IoManager and for the designs other VMMs ship.
+//
+//   bazel run //bench:dispatch
+//   bazel run //bench:dispatch -- --benchmark_filter=uniform
+//       --benchmark_out=/tmp/dispatch.json --benchmark_out_format=json
+//   bazel run //tools:plot_dispatch -- /tmp/dispatch.json /tmp/dispatch.png
+//
+// Benchmarks (names read as a table):
+//
+//   BM_Dispatch/<engine>/<workload>/ranges:<n>/threads:<t>
+//     engine:   rcu, rwlock_map, mutex_map, unsynchronized (bench/engines.h)
+//     workload: uniform     n MMIO ranges of 4 KiB; each thread replays its
+//                           own stream of 4-byte reads and writes at addresses
+//                           uniform over the ranges, generated before timing
+//                           (seeded by the thread index).
+//               churn       uniform, plus one writer thread registering and
+//                           deregistering a spare range flat out, all run long.
+//               churn_1khz  the same at 1,000 changes per second.
+//               trace       the real map and accesses of
+//                           tests/data/qemu-q35-linux61, one thread per vCPU.
+//   BM_Register/rcu/<one_by_one|batch>/ranges:<n>
+//     registering n ranges into an empty IoManager, one call per range or as
+//     one IoBatch (IoManager::Commit).
+//
+// Counters:
+//   ns_per_dispatch  wall time per dispatch as one thread sees it: each thread
+//                    times its own run (from the start of its first dispatch
+//                    to the end of its last sampled one, divided by the
+//                    dispatches in between); the counter is the mean over the
+//                    threads. With more threads than cores it includes the time
+//                    a thread waits for a core.
+//   items_per_second dispatches per second, all threads together.
+//   p50_ns, p99_ns   sampled latency: every 64th dispatch is timed with a pair
+//                    of steady_clock reads; the cost of an empty pair
+//                    (calibrated at start-up, printed) is subtracted. Samples of
+//                    all threads are merged.
+//   writer_changes   churn: registrations plus deregistrations the writer made
+//                    while the readers ran; changes_per_s is that per second.
+//   ns_per_range, bytes_per_range (BM_Register): time per registered range,
+//                    and IoManagerStats::snapshot_bytes / n.
+//
+// Google Benchmark 1.7.1 appends "/real_time" (or "/manual_time") before
+// "/threads:<t>" in its own names; the reports of this binary drop it, so the
+// console, JSON and CSV show the names above. --benchmark_filter still matches
+// the library's names: filter on "rcu/uniform/ranges:16/" rather than on
+// "ranges:16/threads:2".
+//
+// Defaults: --benchmark_min_time=0.05 (any flag given overrides it), every
+// benchmark; about a minute on 2 cores. The run ends with a summary.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "bench/engines.h"
+#include "tools/trace_format.h"
+#include "benchmark/benchmark.h"
+#include "vm_device/io_manager.h"
+
+namespace vm_device {
+namespace bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kStreamLength = size_t{1} << 14;  // accesses per thread
+constexpr uint64_t kSampleMask = 63;               // time every 64th
+constexpr uint64_t kMmioBase = 0xc0000000;
+constexpr uint64_t kRangeSize = 0x1000;
+constexpr uint64_t kRangeStride = 0x2000;  // ranges with gaps between them
+
+const int kRangeCounts[] = {1, 16, 256, 4096};
+const int kChurnRangeCounts[] = {16, 4096};
+
+// The cost of an empty pair of steady_clock reads, subtracted from samples.
+double clock_pair_ns = 0;
+
+double CalibrateClockPair() {
+  std::vector<int64_t> d(20000);
+  for (auto& x : d) {
+    const auto t0 = Clock::now();
+    const auto t1 = Clock::now();
+    x = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();
+  }
+  std::nth_element(d.begin(), d.begin() + d.size() / 2, d.end());
+  return static_cast<double>(d[d.size() / 2]);
+}
+
+// ---------------------------------------------------------------------------
+// Workload data, built on first use and kept (shared by every engine).
+// ---------------------------------------------------------------------------
+
+std::vector<RangeSpec> UniformMap(int n) {
+  std::vector<RangeSpec> map;
+  map.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    map.push_back({BusKind::kMmio, kMmioBase + uint64_t(i) * kRangeStride,
+                   kRangeSize,
+                   std::make_shared<SinkDevice>(static_cast<uint8_t>(i))});
+  }
+  return map;
+}
+
+// The range the churn writer adds and removes: above all the others.
+RangeSpec SpareRange(int n) {
+  static const auto* device = new std::shared_ptr<SinkDevice>(
+      std::make_shared<SinkDevice>(0xee));
+  return {BusKind::kMmio, kMmioBase + uint64_t(n + 16) * kRangeStride,
+          kRangeSize, *device};
+}
+
+std::vector<Access> UniformStream(int n, int thread) {
+  std::mt19937_64 rng(0x5eed0000u + static_cast<uint64_t>(thread));
+  std::vector<Access> s(kStreamLength);
+  for (Access& a : s) {
+    const uint64_t range = rng() % static_cast<uint64_t>(n);
+    const uint64_t offset = (rng() % (kRangeSize / 4)) * 4;
+    a = {kMmioBase + range * kRangeStride + offset, 4, BusKind::kMmio,
+         (rng() & 1) != 0};
+  }
+  return s;
+}
+
+const std::vector<RangeSpec>& CachedMap(int n) {
+  static absl::Mutex mu;
+  static auto* cache = new std::map<int, std::vector<RangeSpec>>;
+  absl::MutexLock lock(&mu);
+  auto it = cache->find(n);
+  if (it == cache->end()) it = cache->emplace(n, UniformMap(n)).first;
+  return it->second;
+}
+
+const std::vector<Access>& CachedStream(int n, int thread) {
+  static absl::Mutex mu;
+  static auto* cache =
+      new std::map<std::pair<int, int>, std::unique_ptr<std::vector<Access>>>;
+  absl::MutexLock lock(&mu);
+  auto& slot = (*cache)[{n, thread}];
+  if (slot == nullptr) {
+    slot = std::make_unique<std::vector<Access>>(UniformStream(n, thread));
+  }
+  return *slot;
+}
+
+// One engine of each type per range count, never destroyed.
+template <typename Engine>
+Engine& CachedEngine(int n) {
+  static absl::Mutex mu;
+  static auto* cache = new std::map<int, Engine*>;
+  absl::MutexLock lock(&mu);
+  Engine*& e = (*cache)[n];
+  if (e == nullptr) {
+    e = new Engine;
+    const absl::Status s = e->AddAll(CachedMap(n));
+    if (!s.ok()) {
+      std::fprintf(stderr, "building %s: %s\n", std::string(Engine::kName).c_str(),
+                   s.ToString().c_str());
+      std::abort();
+    }
+  }
+  return *e;
+}
+
+// The recorded workload: the device map (one SinkDevice per device name) and
+// each vCPU's accesses in the guest's order. Accesses made by devices
+// (vcpu -1, MSI writes) are folded into vCPU 0's stream, in trace order.
+struct TraceWorkload {
+  std::vector<RangeSpec> map;
+  std::vector<std::vector<Access>> streams;  // [vcpu]
+  size_t accesses = 0;
+};
+
+const char kTraceMap[] = "tests/data/qemu-q35-linux61/devices.tsv";
+const char kTraceFile[] = "tests/data/qemu-q35-linux61/trace.tsv.gz";
+
+absl::StatusOr<TraceWorkload> LoadTraceWorkload() {
+  namespace trace = vm_device::trace;
+  absl::StatusOr<trace::DeviceMap> map =
+      trace::LoadDeviceMap(trace::ResolveDataPath(kTraceMap));
+  if (!map.ok()) return map.status();
+  absl::StatusOr<std::vector<trace::Access>> accesses =
+      trace::LoadTrace(trace::ResolveDataPath(kTraceFile), *map);
+  if (!accesses.ok()) return accesses.status();
+  TraceWorkload w;
+  std::vector<std::shared_ptr<SinkDevice>> devices;
+  for (size_t i = 0; i < map->names.size(); ++i) {
+    devices.push_back(std::make_shared<SinkDevice>(static_cast<uint8_t>(i)));
+  }
+  for (const trace::MapRange& r : map->ranges) {
+    auto name = std::find(map->names.begin(), map->names.end(), r.name);
+    w.map.push_back({r.bus == trace::BusKind::kPio ? BusKind::kPio
+                                                   : BusKind::kMmio,
+                     r.first, r.last - r.first + 1,
+                     devices[static_cast<size_t>(name - map->names.begin())]});
+  }
+  for (const trace::Access& a : *accesses) {
+    const size_t vcpu = a.vcpu < 0 ? 0 : static_cast<size_t>(a.vcpu);
+    if (w.streams.size() <= vcpu) w.streams.resize(vcpu + 1);
+    w.streams[vcpu].push_back(
+        {a.addr, a.size,
+         a.bus == trace::BusKind::kPio ? BusKind::kPio : BusKind::kMmio,
+         a.write});
+    ++w.accesses;
+  }
+  return w;
+}
+
+// Loaded once, at registration; null when the data could not be read.
+const TraceWorkload* trace_workload = nullptr;
+
+template <typename Engine>
+Engine& CachedTraceEngine() {
+  static Engine* e = [] {
+    auto* engine = new Engine;
+    const absl::Status s = engine->AddAll(trace_workload->map);
+    if (!s.ok()) {
+      std::fprintf(stderr, "building %s for the trace: %s\n",
+                   std::string(Engine::kName).c_str(), s.ToString().c_str());
+      std::abort();
+    }
+    return engine;
+  }();
+  return *e;
+}
+
+// ---------------------------------------------------------------------------
+// The measured loop, and merging the threads' results.
+// ---------------------------------------------------------------------------
+
+// What the threads of one run hand to thread 0 after their timed loop.
+class RunResults {
+ public:
+  // Thread 0, before the timed loop (no other thread touches this then: they
+  // only Add() after the loop's end barrier).
+  void Reset(int threads) {
+    absl::MutexLock lock(&mu_);
+    expected_ = threads;
+    arrived_ = 0;
+    ns_per_dispatch_sum_ = 0;
+    samples_.clear();
+  }
+
+  void Add(double ns_per_dispatch, absl::Span<const float> samples) {
+    absl::MutexLock lock(&mu_);
+    ++arrived_;
+    ns_per_dispatch_sum_ += ns_per_dispatch;
+    samples_.insert(samples_.end(), samples.begin(), samples.end());
+  }
+
+  // Thread 0: waits for every thread to Add(), then sets the counters. Only
+  // thread 0 sets them, so Google Benchmark's sum over threads is this value.
+  void Publish(benchmark::State& state) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &RunResults::AllArrived));
+    state.counters["ns_per_dispatch"] = ns_per_dispatch_sum_ / expected_;
+    if (!samples_.empty()) {
+      state.counters["p50_ns"] = Percentile(0.50);
+      state.counters["p99_ns"] = Percentile(0.99);
+    }
+  }
+
+ private:
+  bool AllArrived() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return arrived_ >= expected_;
+  }
+  double Percentile(double q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const size_t k = std::min(samples_.size() - 1,
+                              static_cast<size_t>(q * samples_.size()));
+    std::nth_element(samples_.begin(), samples_.begin() + k, samples_.end());
+    return samples_[k];
+  }
+
+  absl::Mutex mu_;
+  int arrived_ ABSL_GUARDED_BY(mu_) = 0;
+  double ns_per_dispatch_sum_ ABSL_GUARDED_BY(mu_) = 0;
+  int expected_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<float> samples_ ABSL_GUARDED_BY(mu_);
+};
+
+// Runs `state`'s iterations over `stream` (cycled) on `engine` and hands the
+// thread's timings to `results`.
+template <typename Engine>
+void DispatchLoop(benchmark::State& state, const Engine& engine,
+                  absl::Span<const Access> stream, RunResults& results) {
+  std::vector<float> samples;
+  samples.reserve(static_cast<size_t>(state.max_iterations / 64 + 2));
+  alignas(64) uint8_t buf[64] = {1};
+  const size_t n = stream.size();
+  size_t pos = 0;
+  uint64_t i = 0;
+  uint64_t last_sampled = 0;
+  Clock::time_point first, last_end;
+  for (auto _ : state) {
+    const Access& a = stream[pos];
+    if (++pos == n) pos = 0;
+    if ((i & kSampleMask) == 0) {
+      const auto t0 = Clock::now();
+      IoStatus s = Dispatch(engine, a, buf);
+      const auto t1 = Clock::now();
+      benchmark::DoNotOptimize(s);
+      if (i == 0) first = t0;
+      last_end = t1;
+      last_sampled = i;
+      const double ns =
+          std::chrono::duration<double, std::nano>(t1 - t0).count();
+      samples.push_back(static_cast<float>(std::max(0.0, ns - clock_pair_ns)));
+    } else {
+      IoStatus s = Dispatch(engine, a, buf);
+      benchmark::DoNotOptimize(s);
+    }
+    ++i;
+  }
+  state.SetItemsProcessed(state.iterations());
+  const double wall =
+      std::chrono::duration<double, std::nano>(last_end - first).count();
+  results.Add(wall / static_cast<double>(last_sampled + 1), samples);
+}
+
+// ---------------------------------------------------------------------------
+// The churn writer.
+// ---------------------------------------------------------------------------
+
+template <typename Engine>
+class ChurnWriter {
+ public:
+  // changes_per_s == 0: flat out.
+  ChurnWriter(Engine& engine, RangeSpec spare, int changes_per_s)
+      : engine_(engine), spare_(std::move(spare)), rate_(changes_per_s) {
+    start_ = Clock::now();
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  // Stops and joins the writer; returns {changes, seconds}.
+  std::pair<uint64_t, double> Stop() {
+    stop_.store(true, std::memory_order_relaxed);
+    thread_.join();
+    const double s = std::chrono::duration<double>(Clock::now() - start_).count();
+    return {changes_, s};
+  }
+
+ private:
+  void Run() {
+    auto next = Clock::now();
+    const auto period = rate_ > 0 ? std::chrono::nanoseconds(1000000000 / rate_)
+                                  : std::chrono::nanoseconds(0);
+    bool added = false;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      const absl::Status s =
+          added ? engine_.Remove(spare_.bus, spare_.base) : engine_.Add(spare_);
+      if (!s.ok()) {
+        std::fprintf(stderr, "churn writer: %s\n", s.ToString().c_str());
+        std::abort();
+      }
+      added = !added;
+      ++changes_;
+      if (rate_ > 0) {
+        next += period;
+        std::this_thread::sleep_until(next);
+      }
+    }
+    // Leave the engine as it was.
+    if (added && !engine_.Remove(spare_.bus, spare_.base).ok()) std::abort();
+  }
+
+  Engine& engine_;
+  const RangeSpec spare_;
+  const int rate_;
+  Clock::time_point start_;
+  std::atomic<bool> stop_{false};
+  uint64_t changes_ = 0;  // written by the writer, read after join
+  std::thread thread_;
+};
+
+// ---------------------------------------------------------------------------
+// Benchmark bodies.
+// ---------------------------------------------------------------------------
+
+template <typename Engine>
+void BM_Uniform(benchmark::State& state, int ranges, RunResults* results) {
+  const Engine& engine = CachedEngine<Engine>(ranges);
+  const std::vector<Access>& stream =
+      CachedStream(ranges, state.thread_index());
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) results->Publish(state);
+}
+
+template <typename Engine>
+void BM_Churn(benchmark::State& state, int ranges, int changes_per_s,
+              RunResults* results) {
+  Engine& engine = CachedEngine<Engine>(ranges);
+  const std::vector<Access>& stream =
+      CachedStream(ranges, state.thread_index());
+  std::unique_ptr<ChurnWriter<Engine>> writer;
+  if (state.thread_index() == 0) {
+    results->Reset(state.threads());
+    // Started before the start barrier of the timed loop, stopped after its
+    // end barrier: it runs for all of every reader's timed loop.
+    writer = std::make_unique<ChurnWriter<Engine>>(engine, SpareRange(ranges),
+                                                   changes_per_s);
+  }
+  DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) {
+    const auto [changes, seconds] = writer->Stop();
+    results->Publish(state);
+    state.counters["writer_changes"] = static_cast<double>(changes);
+    state.counters["changes_per_s"] = changes / seconds;
+  }
+}
+
+template <typename Engine>
+void BM_Trace(benchmark::State& state, RunResults* results) {
+  const Engine& engine = CachedTraceEngine<Engine>();
+  const std::vector<Access>& stream =
+      trace_workload->streams[static_cast<size_t>(state.thread_index())];
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) results->Publish(state);
+}
+
+// Registration into an empty IoManager, timed per iteration by hand. One
+// manager serves the whole run: after each timed registration, one untimed
+// batch removes every range again. (Destroying a manager per iteration would
+// wait for an RCU barrier each time, which dominates the run's wall time.)
+void BM_Register(benchmark::State& state, int ranges, bool batch) {
+  const std::vector<RangeSpec>& map = CachedMap(ranges);
+  RcuEngine engine;
+  double total_s = 0;
+  size_t bytes = 0;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    absl::Status s;
+    if (batch) {
+      s = engine.AddAll(map);
+    } else {
+      for (const RangeSpec& r : map) s.Update(engine.Add(r));
+    }
+    const auto t1 = Clock::now();
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
+    const double secs = std::chrono::duration<double>(t1 - t0).count();
+    state.SetIterationTime(secs);
+    total_s += secs;
+    bytes = engine.manager().stats().snapshot_bytes;
+    IoBatch clear;
+    for (const RangeSpec& r : map) clear.RemoveMmio(MmioAddress(r.base));
+    s = engine.manager().Commit(std::move(clear)).status();
+    if (!s.ok() || engine.manager().stats().mmio_ranges != 0) {
+      state.SkipWithError(("clearing: " + s.ToString()).c_str());
+      break;
+    }
+  }
+  const double per_iter = total_s / std::max<int64_t>(1, state.iterations());
+  state.counters["ns_per_range"] = per_iter * 1e9 / ranges;
+  state.counters["ms_total"] = per_iter * 1e3;
+  state.counters["bytes_per_range"] = static_cast<double>(bytes) / ranges;
+}
+
+// ---------------------------------------------------------------------------
+// Registration of the benchmarks.
+// ---------------------------------------------------------------------------
+
+std::vector<int> ThreadCounts() {
+  std::vector<int> t = {1, 2, 4, 8};
+  const int limit = 2 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int x = 16; x <= limit; x *= 2) t.push_back(x);
+  if (limit > 8 && t.back() != limit) t.push_back(limit);
+  return t;
+}
+
+std::vector<int> ChurnThreadCounts() {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<int> t = {1};
+  if (cores > 1) t.push_back(cores);
+  return t;
+}
+
+std::string DispatchName(absl::string_view engine, absl::string_view workload,
+                         int ranges) {
+  return absl::StrCat("BM_Dispatch/", engine, "/", workload,
+                      "/ranges:", ranges);
+}
+
+template <typename Engine>
+void RegisterEngine() {
+  for (int ranges : kRangeCounts) {
+    for (int threads : ThreadCounts()) {
+      auto* results = new RunResults;
+      benchmark::RegisterBenchmark(
+          DispatchName(Engine::kName, "uniform", ranges).c_str(),
+          [ranges, results](benchmark::State& s) {
+            BM_Uniform<Engine>(s, ranges, results);
+          })
+          ->Threads(threads)
+          ->UseRealTime();
+    }
+  }
+  if (trace_workload != nullptr) {
+    auto* results = new RunResults;
+    benchmark::RegisterBenchmark(
+        DispatchName(Engine::kName, "trace",
+                     static_cast<int>(trace_workload->map.size()))
+            .c_str(),
+        [results](benchmark::State& s) { BM_Trace<Engine>(s, results); })
+        ->Threads(static_cast<int>(trace_workload->streams.size()))
+        ->UseRealTime();
+  }
+  if constexpr (Engine::kConcurrentChanges) {
+    for (int rate : {0, 1000}) {
+      for (int ranges : kChurnRangeCounts) {
+        for (int threads : ChurnThreadCounts()) {
+          auto* results = new RunResults;
+          benchmark::RegisterBenchmark(
+              DispatchName(Engine::kName, rate == 0 ? "churn" : "churn_1khz",
+                           ranges)
+                  .c_str(),
+              [ranges, rate, results](benchmark::State& s) {
+                BM_Churn<Engine>(s, ranges, rate, results);
+              })
+              ->Threads(threads)
+              ->UseRealTime();
+        }
+      }
+    }
+  }
+}
+
+void RegisterAll() {
+  if (absl::StatusOr<TraceWorkload> w = LoadTraceWorkload(); w.ok()) {
+    trace_workload = new TraceWorkload(*std::move(w));
+  } else {
+    std::fprintf(stderr, "no trace workload: %s\n", w.status().ToString().c_str());
+  }
+  RegisterEngine<UnsynchronizedEngine>();
+  RegisterEngine<RcuEngine>();
+  RegisterEngine<RwLockMapEngine>();
+  RegisterEngine<MutexMapEngine>();
+  for (bool batch : {false, true}) {
+    for (int ranges : {16, 64, 256, 1024, 4096}) {
+      benchmark::RegisterBenchmark(
+          absl::StrCat("BM_Register/rcu/", batch ? "batch" : "one_by_one",
+                       "/ranges:", ranges)
+              .c_str(),
+          [ranges, batch](benchmark::State& s) {
+            BM_Register(s, ranges, batch);
+          })
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Reporting: the names without "/real_time", and the summary.
+// ---------------------------------------------------------------------------
+
+// Forwards to `inner` with "/real_time" and "/manual_time" dropped from the
+// names; keeps a copy of every run when `keep` is set.
+class NameReporter : public benchmark::BenchmarkReporter {
+ public:
+  NameReporter(benchmark::BenchmarkReporter* inner, std::vector<Run>* keep)
+      : inner_(inner), keep_(keep) {}
+
+  bool ReportContext(const Context& context) override {
+    inner_->SetOutputStream(&GetOutputStream());
+    inner_->SetErrorStream(&GetErrorStream());
+    return inner_->ReportContext(context);
+  }
+  void ReportRuns(const std::vector<Run>& runs) override {
+    std::vector<Run> renamed = runs;
+    for (Run& r : renamed) r.run_name.time_type.clear();
+    if (keep_ != nullptr) keep_->insert(keep_->end(), renamed.begin(), renamed.end());
+    inner_->ReportRuns(renamed);
+  }
+  void Finalize() override { inner_->Finalize(); }
+
+ private:
+  benchmark::BenchmarkReporter* inner_;
+  std::vector<Run>* keep_;
+};
+
+// The results of the runs, by name.
+class Results {
+ public:
+  explicit Results(const std::vector<benchmark::BenchmarkReporter::Run>& runs) {
+    for (const auto& r : runs) {
+      // With --benchmark_repetitions, the mean of the repetitions (the
+      // "mean" aggregate, alone or with the repetitions, is the same mean).
+      const bool mean =
+          r.run_type == benchmark::BenchmarkReporter::Run::RT_Aggregate &&
+          r.aggregate_name == "mean";
+      if ((r.run_type != benchmark::BenchmarkReporter::Run::RT_Iteration &&
+           !mean) ||
+          r.error_occurred) {
+        continue;
+      }
+      auto& m = by_name_[absl::StrCat(r.run_name.function_name, "/threads:",
+                                      r.threads)];
+      for (const auto& [k, c] : r.counters) {
+        auto& [sum, n] = m[k];
+        sum += c.value;
+        ++n;
+      }
+    }
+  }
+
+  // The counter, or -1 when that benchmark did not run.
+  double Get(absl::string_view engine, absl::string_view workload, int ranges,
+             int threads, const char* counter = "ns_per_dispatch") const {
+    return Find(absl::StrCat(DispatchName(engine, workload, ranges),
+                             "/threads:", threads),
+                counter);
+  }
+  double Find(const std::string& name, const char* counter) const {
+    auto it = by_name_.find(name);
+    if (it == by_name_.end()) return -1;
+    auto c = it->second.find(counter);
+    return c == it->second.end() ? -1 : c->second.first / c->second.second;
+  }
+  bool empty() const { return by_name_.empty(); }
+
+ private:
+  std::map<std::string, std::map<std::string, std::pair<double, int>>> by_name_;
+};
+
+const char* Verdict(bool ok) { return ok ? "ok" : "MISSED"; }
+
+void PrintSummary(const Results& r) {
+  if (r.empty()) return;
+  const char* engines[] = {"unsynchronized", "rcu", "rwlock_map", "mutex_map"};
+  const std::vector<int> threads = ThreadCounts();
+  std::printf(
+      "\nSummary: uniform workload, ns per dispatch per thread "
+      "(x ratio to unsynchronized)\n");
+  std::printf("clock pair overhead subtracted from p50/p99 samples: %.1f ns\n",
+              clock_pair_ns);
+  double worst_rcu_ratio = 0;
+  std::string worst_where;
+  for (int ranges : kRangeCounts) {
+    if (r.Get("unsynchronized", "uniform", ranges, 1) < 0 &&
+        r.Get("rcu", "uniform", ranges, 1) < 0) {
+      continue;
+    }
+    std::printf("\nranges:%-5d", ranges);
+    for (int t : threads) std::printf("  %16s", absl::StrCat("threads:", t).c_str());
+    std::printf("\n");
+    for (const char* e : engines) {
+      std::printf("%-15s", e);
+      for (int t : threads) {
+        const double v = r.Get(e, "uniform", ranges, t);
+        const double floor = r.Get("unsynchronized", "uniform", ranges, t);
+        if (v < 0) {
+          std::printf("  %16s", "-");
+        } else if (floor > 0) {
+          std::printf("  %7.1f (%5.2fx)", v, v / floor);
+          if (absl::string_view(e) == "rcu" && v / floor > worst_rcu_ratio) {
+            worst_rcu_ratio = v / floor;
+            worst_where = absl::StrCat("ranges:", ranges, " threads:", t);
+          }
+        } else {
+          std::printf("  %16.1f", v);
+        }
+      }
+      std::printf("\n");
+    }
+  }
+
+  std::printf("\nTargets (ratios within this run):\n");
+  if (worst_rcu_ratio > 0) {
+    std::printf("  rcu / unsynchronized, worst case:        %5.2fx at %s"
+                "  (target <= 1.3x: %s)\n",
+                worst_rcu_ratio, worst_where.c_str(),
+                Verdict(worst_rcu_ratio <= 1.3));
+  }
+  for (int ranges : kRangeCounts) {
+    const double rcu = r.Get("rcu", "uniform", ranges, 2);
+    const double rw = r.Get("rwlock_map", "uniform", ranges, 2);
+    if (rcu <= 0 || rw <= 0) continue;
+    std::string by_threads;
+    for (int t : threads) {
+      const double a = r.Get("rcu", "uniform", ranges, t);
+      const double b = r.Get("rwlock_map", "uniform", ranges, t);
+      if (a > 0 && b > 0) {
+        absl::StrAppend(&by_threads, absl::StrFormat(" t%d:%.1fx", t, b / a));
+      }
+    }
+    std::printf("  rwlock_map / rcu at 2 threads, ranges:%-4d %5.2fx"
+                "  (target >= 3x: %s); by threads:%s\n",
+                ranges, rw / rcu, Verdict(rw / rcu >= 3), by_threads.c_str());
+  }
+  for (int ranges : kChurnRangeCounts) {
+    for (int t : ChurnThreadCounts()) {
+      const double base = r.Get("rcu", "uniform", ranges, t);
+      const double churn = r.Get("rcu", "churn", ranges, t);
+      const double slow = r.Get("rcu", "churn_1khz", ranges, t);
+      if (base <= 0 || churn <= 0) continue;
+      std::printf("  rcu churn / no churn, ranges:%-4d threads:%d  flat out %5.2fx"
+                  " (%.0f changes/s; target <= 1.5x: %s), 1 kHz %5.2fx\n",
+                  ranges, t, churn / base,
+                  r.Get("rcu", "churn", ranges, t, "changes_per_s"),
+                  Verdict(churn / base <= 1.5), slow > 0 ? slow / base : 0.0);
+    }
+  }
+  {
+    std::string line;
+    bool ok = true;
+    for (int t : threads) {
+      const double a = r.Get("rcu", "uniform", 4096, t);
+      const double b = r.Get("rcu", "uniform", 16, t);
+      if (a > 0 && b > 0) {
+        absl::StrAppend(&line, absl::StrFormat(" t%d:%.2fx", t, a / b));
+        ok = ok && a / b <= 2;
+      }
+    }
+    if (!line.empty()) {
+      std::printf("  rcu 4096 / 16 ranges:%s  (target <= 2x: %s)\n",
+                  line.c_str(), Verdict(ok));
+    }
+  }
+  for (const char* mode : {"one_by_one", "batch"}) {
+    std::string line;
+    for (int n : {16, 256, 4096}) {
+      const std::string name = absl::StrCat("BM_Register/rcu/", mode,
+                                            "/ranges:", n, "/threads:1");
+      const double ns = r.Find(name, "ns_per_range");
+      if (ns < 0) continue;
+      absl::StrAppend(&line, absl::StrFormat(
+                                 " n=%d: %.3f ms (%.0f ns/range, %.1f B/range);",
+                                 n, r.Find(name, "ms_total"), ns,
+                                 r.Find(name, "bytes_per_range")));
+    }
+    if (line.empty()) continue;
+    const double ms = r.Find(
+        absl::StrCat("BM_Register/rcu/", mode, "/ranges:4096/threads:1"),
+        "ms_total");
+    const bool batch = absl::string_view(mode) == "batch";
+    std::printf("  register %-10s%s  (target 4096 < %s: %s)\n", mode,
+                line.c_str(), batch ? "10 ms" : "1 s",
+                ms < 0 ? "not run" : Verdict(ms < (batch ? 10 : 1000)));
+  }
+  {
+    std::string line;
+    for (const char* e : engines) {
+      if (trace_workload == nullptr) break;
+      const double v =
+          r.Get(e, "trace", static_cast<int>(trace_workload->map.size()),
+                static_cast<int>(trace_workload->streams.size()));
+      if (v > 0) absl::StrAppend(&line, absl::StrFormat(" %s %.1f;", e, v));
+    }
+    if (!line.empty()) {
+      std::printf("  trace (%zu accesses, one thread per vCPU), ns per "
+                  "dispatch:%s\n",
+                  trace_workload->accesses, line.c_str());
+    }
+  }
+}
+
+// The value of --<name>=... in argv, or "" when absent.
+std::string FlagValue(int argc, char** argv, absl::string_view name) {
+  const std::string prefix = absl::StrCat("--", name, "=");
+  std::string value;
+  for (int i = 1; i < argc; ++i) {
+    if (absl::StartsWith(argv[i], prefix)) value = argv[i] + prefix.size();
+  }
+  return value;
+}
+
+int Main(int argc, char** argv) {
+  // Defaults first, so that the caller's flags override them.
+  std::vector<char*> args = {argv[0],
+                             const_cast<char*>("--benchmark_min_time=0.05")};
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  args.push_back(nullptr);
+  int n = static_cast<int>(args.size()) - 1;
+  const std::string out = FlagValue(argc, argv, "benchmark_out");
+  const std::string out_format = FlagValue(argc, argv, "benchmark_out_format");
+
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
+
+  clock_pair_ns = CalibrateClockPair();
+  RegisterAll();
+
+  std::vector<benchmark::BenchmarkReporter::Run> runs;
+  NameReporter display(benchmark::CreateDefaultDisplayReporter(), &runs);
+  std::unique_ptr<benchmark::BenchmarkReporter> file_inner;
+  std::unique_ptr<NameReporter> file;
+  if (!out.empty()) {
+    if (out_format == "console") {
+      file_inner = std::make_unique<benchmark::ConsoleReporter>(
+          benchmark::ConsoleReporter::OO_None);
+    } else {
+      file_inner = std::make_unique<benchmark::JSONReporter>();
+    }
+    // csv (deprecated in 1.7.1): the library's own reporter, names unchanged.
+    if (out_format != "csv") {
+      file = std::make_unique<NameReporter>(file_inner.get(), nullptr);
+    }
+  }
+  benchmark::RunSpecifiedBenchmarks(&display, file.get());
+  std::fflush(stdout);
+  std::cout.flush();
+  PrintSummary(Results(runs));
+  std::fflush(stdout);
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace
+}  // namespace bench
+}  // namespace vm_device
+
+int main(int argc, char** argv) { return vm_device::bench::Main(argc, argv); }

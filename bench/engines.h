@@ -1,0 +1,419 @@
+// -----------------------------------------------------------------------------
+// File: bench/engines.h
+// -----------------------------------------------------------------------------
+//
+// The dispatch engines that //bench:dispatch runs side by side, and the device
+// they all call. Test-only; not part of the library.
+//
+//   * `RcuEngine`: this library's `IoManager` (wait-free, RCU-published table).
+//   * `RwLockMapEngine`: one `std::map<base, {last, device}>` per bus under a
+//     `std::shared_mutex`, read-locked per access: the shape of
+//     cloud-hypervisor's `Bus` (`RwLock<BTreeMap>`).
+//   * `MutexMapEngine`: the same maps under one `std::mutex`: an I/O manager
+//     shared behind one Mutex, as Firecracker and rust-vmm users do.
+//   * `UnsynchronizedEngine`: immutable sorted arrays searched with the same
+//     `range_search_internal` arithmetic as the RCU table, and no
+//     synchronization at all. The floor: no correct concurrent engine beats
+//     it. Changing it while another thread dispatches is a data race.
+//
+// Every engine routes exactly like `IoManager`: the same access-shape checks
+// (`CheckAccessShape`), the same "whole access inside one range" rule, the
+// same overlap refusal on registration (tests/bench_engines_test.cc checks
+// this). Every engine calls the same `SinkDevice`, whose handlers do the same
+// trivial work with no shared write, so only lookup and synchronization differ.
+//
+// Thread safety: `Read()`/`Write()` are safe concurrently with each other on
+// every engine, and with `Add()`/`Remove()` on all but `UnsynchronizedEngine`.
+
+#ifndef VM_DEVICE_BENCH_ENGINES_H_
+#define VM_DEVICE_BENCH_ENGINES_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <vector>
+
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "vm_device/address.h"
+#include "vm_device/bus_range.h"
+#include "vm_device/device.h"
+#include "vm_device/internal/range_search.h"
+#include "vm_device/io_manager.h"
+#include "vm_device/io_status.h"
+
+namespace vm_device {
+namespace bench {
+
+// BusKind
+//
+// Which address space an access or a range is on.
+enum class BusKind : uint8_t { kPio, kMmio };
+
+// CallRecord
+//
+// What the last handler call on this thread saw. Thread-local, so recording
+// it writes nothing shared.
+struct CallRecord {
+  const void* device = nullptr;
+  BusKind bus = BusKind::kMmio;
+  bool write = false;
+  uint64_t base = 0;
+  uint64_t offset = 0;
+  size_t size = 0;
+};
+
+// LastCall(), ClearLastCall()
+//
+// The calling thread's record of its last handler call.
+const CallRecord& LastCall();
+void ClearLastCall();
+
+// SinkDevice
+//
+// The device every engine calls, on both buses. A read fills the caller's
+// buffer with the device's id; a write folds `data[0]` into a thread-local
+// sink. Both record the call in the thread's `CallRecord`. Neither touches
+// memory shared between threads, so the handler costs the same on every
+// engine and at every thread count.
+class SinkDevice final : public DevicePio, public DeviceMmio {
+ public:
+  explicit SinkDevice(uint8_t id) : id_(id) {}
+
+  uint8_t id() const { return id_; }
+
+  void PioRead(PioAddress base, PioAddressOffset offset,
+               absl::Span<uint8_t> data) const override;
+  void PioWrite(PioAddress base, PioAddressOffset offset,
+                absl::Span<const uint8_t> data) const override;
+  void MmioRead(MmioAddress base, MmioAddressOffset offset,
+                absl::Span<uint8_t> data) const override;
+  void MmioWrite(MmioAddress base, MmioAddressOffset offset,
+                 absl::Span<const uint8_t> data) const override;
+
+ private:
+  const uint8_t id_;
+};
+
+// RangeSpec
+//
+// One range to register: `size` addresses from `base` on `bus`.
+struct RangeSpec {
+  BusKind bus;
+  uint64_t base;
+  uint64_t size;
+  std::shared_ptr<SinkDevice> device;
+};
+
+// Access
+//
+// One access of a workload: `size` bytes at `addr` on `bus`.
+struct Access {
+  uint64_t addr;
+  uint32_t size;
+  BusKind bus;
+  bool write;
+};
+
+// ---------------------------------------------------------------------------
+// RcuEngine
+// ---------------------------------------------------------------------------
+
+class RcuEngine {
+ public:
+  static constexpr absl::string_view kName = "rcu";
+  static constexpr bool kConcurrentChanges = true;
+
+  // RcuEngine::Add(), Remove()
+  //
+  // Register / deregister (the range holding `addr`), as IoManager does.
+  absl::Status Add(const RangeSpec& r);
+  absl::Status Remove(BusKind bus, uint64_t addr);
+
+  // RcuEngine::AddAll()
+  //
+  // Registers every range of `ranges` in one IoBatch.
+  absl::Status AddAll(absl::Span<const RangeSpec> ranges);
+
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Read(BusKind bus, uint64_t addr,
+                                             absl::Span<uint8_t> data) const {
+    if (bus == BusKind::kMmio) return manager_.MmioRead(MmioAddress(addr), data);
+    return manager_.PioRead(PioAddress(static_cast<uint16_t>(addr)), data);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus
+  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+    if (bus == BusKind::kMmio) {
+      return manager_.MmioWrite(MmioAddress(addr), data);
+    }
+    return manager_.PioWrite(PioAddress(static_cast<uint16_t>(addr)), data);
+  }
+
+  IoManager& manager() { return manager_; }
+
+ private:
+  IoManager manager_;
+};
+
+// ---------------------------------------------------------------------------
+// The ordered-map engines
+// ---------------------------------------------------------------------------
+
+namespace engines_internal {
+
+// MapBus
+//
+// One bus as `std::map<base, {last, device}>`. Not synchronized: the engines
+// below wrap it in their locks.
+template <typename A, typename D>
+class MapBus {
+ public:
+  using Value = typename A::Value;
+
+  absl::Status Add(BusRange<A> range, std::shared_ptr<D> device);
+  absl::Status Remove(A addr);
+
+  // MapBus::Find()
+  //
+  // IoManager's access check: kOk and the range's base and device when one
+  // range holds the whole access.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Find(A addr, size_t len, A* base,
+                                             const D** device) const {
+    Value access_last;
+    const IoStatus shape =
+        range_search_internal::CheckAccessShape(addr, len, &access_last);
+    if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
+    auto it = map_.upper_bound(addr.value());
+    if (ABSL_PREDICT_FALSE(it == map_.begin())) return IoStatus::kDeviceNotFound;
+    --it;
+    if (ABSL_PREDICT_FALSE(it->second.last < access_last)) {
+      return IoStatus::kDeviceNotFound;
+    }
+    *base = A(it->first);
+    *device = it->second.device.get();
+    return IoStatus::kOk;
+  }
+
+ private:
+  struct Entry {
+    Value last;
+    std::shared_ptr<D> device;
+  };
+  std::map<Value, Entry> map_;
+};
+
+// SortedBus
+//
+// One bus as two sorted arrays (bases; {last, device}), searched with
+// FindFloor, like the RCU snapshot. Add/Remove rebuild the arrays.
+template <typename A, typename D>
+class SortedBus {
+ public:
+  using Value = typename A::Value;
+
+  absl::Status Add(BusRange<A> range, std::shared_ptr<D> device);
+  absl::Status Remove(A addr);
+
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Find(A addr, size_t len, A* base,
+                                             const D** device) const {
+    Value access_last;
+    const IoStatus shape =
+        range_search_internal::CheckAccessShape(addr, len, &access_last);
+    if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
+    const size_t n = bases_.size();
+    const size_t i =
+        range_search_internal::FindFloor(bases_.data(), n, addr.value());
+    if (ABSL_PREDICT_FALSE(i == n || slots_[i].last < access_last)) {
+      return IoStatus::kDeviceNotFound;
+    }
+    *base = A(bases_[i]);
+    *device = slots_[i].device;
+    return IoStatus::kOk;
+  }
+
+ private:
+  struct Slot {
+    Value last;
+    const D* device;
+  };
+  std::vector<Value> bases_;
+  std::vector<Slot> slots_;
+  std::vector<std::shared_ptr<D>> owners_;  // parallel to bases_
+};
+
+// Calls the device `Find` returned. Shared by the non-RCU engines.
+template <typename Bus>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus MmioReadOn(
+    const Bus& bus, uint64_t addr, absl::Span<uint8_t> data) {
+  MmioAddress base;
+  const DeviceMmio* device;
+  const IoStatus s = bus.Find(MmioAddress(addr), data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->MmioRead(base, addr - base.value(), data);
+  return IoStatus::kOk;
+}
+template <typename Bus>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus MmioWriteOn(
+    const Bus& bus, uint64_t addr, absl::Span<const uint8_t> data) {
+  MmioAddress base;
+  const DeviceMmio* device;
+  const IoStatus s = bus.Find(MmioAddress(addr), data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->MmioWrite(base, addr - base.value(), data);
+  return IoStatus::kOk;
+}
+template <typename Bus>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus PioReadOn(
+    const Bus& bus, uint64_t addr, absl::Span<uint8_t> data) {
+  const PioAddress a(static_cast<uint16_t>(addr));
+  PioAddress base;
+  const DevicePio* device;
+  const IoStatus s = bus.Find(a, data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->PioRead(base, a - base, data);
+  return IoStatus::kOk;
+}
+template <typename Bus>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus PioWriteOn(
+    const Bus& bus, uint64_t addr, absl::Span<const uint8_t> data) {
+  const PioAddress a(static_cast<uint16_t>(addr));
+  PioAddress base;
+  const DevicePio* device;
+  const IoStatus s = bus.Find(a, data.size(), &base, &device);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  device->PioWrite(base, a - base, data);
+  return IoStatus::kOk;
+}
+
+}  // namespace engines_internal
+
+// RwLockMapEngine
+//
+// A `std::map` per bus, each under its own `std::shared_mutex`: readers take
+// the read lock for the lookup and the handler call, writers the write lock.
+class RwLockMapEngine {
+ public:
+  static constexpr absl::string_view kName = "rwlock_map";
+  static constexpr bool kConcurrentChanges = true;
+
+  absl::Status Add(const RangeSpec& r);
+  absl::Status Remove(BusKind bus, uint64_t addr);
+  absl::Status AddAll(absl::Span<const RangeSpec> ranges);
+
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Read(BusKind bus, uint64_t addr,
+                                             absl::Span<uint8_t> data) const {
+    if (bus == BusKind::kMmio) {
+      std::shared_lock lock(mmio_mu_);
+      return engines_internal::MmioReadOn(mmio_, addr, data);
+    }
+    std::shared_lock lock(pio_mu_);
+    return engines_internal::PioReadOn(pio_, addr, data);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus
+  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+    if (bus == BusKind::kMmio) {
+      std::shared_lock lock(mmio_mu_);
+      return engines_internal::MmioWriteOn(mmio_, addr, data);
+    }
+    std::shared_lock lock(pio_mu_);
+    return engines_internal::PioWriteOn(pio_, addr, data);
+  }
+
+ private:
+  mutable std::shared_mutex pio_mu_;
+  engines_internal::MapBus<PioAddress, DevicePio> pio_;
+  mutable std::shared_mutex mmio_mu_;
+  engines_internal::MapBus<MmioAddress, DeviceMmio> mmio_;
+};
+
+// MutexMapEngine
+//
+// Both maps under one `std::mutex`, held for the lookup and the handler call.
+class MutexMapEngine {
+ public:
+  static constexpr absl::string_view kName = "mutex_map";
+  static constexpr bool kConcurrentChanges = true;
+
+  absl::Status Add(const RangeSpec& r);
+  absl::Status Remove(BusKind bus, uint64_t addr);
+  absl::Status AddAll(absl::Span<const RangeSpec> ranges);
+
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Read(BusKind bus, uint64_t addr,
+                                             absl::Span<uint8_t> data) const {
+    std::lock_guard lock(mu_);
+    if (bus == BusKind::kMmio) {
+      return engines_internal::MmioReadOn(mmio_, addr, data);
+    }
+    return engines_internal::PioReadOn(pio_, addr, data);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus
+  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+    std::lock_guard lock(mu_);
+    if (bus == BusKind::kMmio) {
+      return engines_internal::MmioWriteOn(mmio_, addr, data);
+    }
+    return engines_internal::PioWriteOn(pio_, addr, data);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  engines_internal::MapBus<PioAddress, DevicePio> pio_;
+  engines_internal::MapBus<MmioAddress, DeviceMmio> mmio_;
+};
+
+// UnsynchronizedEngine
+//
+// Sorted arrays, no synchronization. Add/Remove must not run while any
+// thread dispatches (they rebuild the arrays in place).
+class UnsynchronizedEngine {
+ public:
+  static constexpr absl::string_view kName = "unsynchronized";
+  static constexpr bool kConcurrentChanges = false;
+
+  absl::Status Add(const RangeSpec& r);
+  absl::Status Remove(BusKind bus, uint64_t addr);
+  absl::Status AddAll(absl::Span<const RangeSpec> ranges);
+
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Read(BusKind bus, uint64_t addr,
+                                             absl::Span<uint8_t> data) const {
+    if (bus == BusKind::kMmio) {
+      return engines_internal::MmioReadOn(mmio_, addr, data);
+    }
+    return engines_internal::PioReadOn(pio_, addr, data);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus
+  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+    if (bus == BusKind::kMmio) {
+      return engines_internal::MmioWriteOn(mmio_, addr, data);
+    }
+    return engines_internal::PioWriteOn(pio_, addr, data);
+  }
+
+ private:
+  engines_internal::SortedBus<PioAddress, DevicePio> pio_;
+  engines_internal::SortedBus<MmioAddress, DeviceMmio> mmio_;
+};
+
+// Dispatch()
+//
+// Performs `a` on `engine`, reading into / writing from `buf` (at least
+// `a.size` bytes).
+template <typename Engine>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus Dispatch(const Engine& engine,
+                                                      const Access& a,
+                                                      uint8_t* buf) {
+  if (a.write) {
+    return engine.Write(a.bus, a.addr, absl::Span<const uint8_t>(buf, a.size));
+  }
+  return engine.Read(a.bus, a.addr, absl::Span<uint8_t>(buf, a.size));
+}
+
+}  // namespace bench
+}  // namespace vm_device
+
+#endif  // VM_DEVICE_BENCH_ENGINES_H_

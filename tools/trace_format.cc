@@ -1,0 +1,403 @@
+#include "tools/trace_format.h"
+
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace vm_device::trace {
+namespace {
+
+// The workspace name (WORKSPACE), the top directory of the runfiles tree.
+constexpr char kWorkspaceName[] = "vm_device";
+
+// Reads a plain or gzip'd text file line by line. Lines of any length.
+class LineReader {
+ public:
+  LineReader(const LineReader&) = delete;
+  LineReader& operator=(const LineReader&) = delete;
+  ~LineReader() {
+    if (file_ != nullptr) gzclose(file_);
+  }
+
+  static absl::StatusOr<std::unique_ptr<LineReader>> Open(
+      const std::string& path) {
+    errno = 0;
+    gzFile file = gzopen(path.c_str(), "rb");
+    if (file == nullptr) {
+      const int err = errno;
+      const std::string why =
+          err != 0 ? std::strerror(err) : std::string("cannot open");
+      if (err == ENOENT) {
+        return absl::NotFoundError(absl::StrCat(path, ": ", why));
+      }
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", why));
+    }
+    gzbuffer(file, 1 << 17);
+    return std::unique_ptr<LineReader>(new LineReader(path, file));
+  }
+
+  // Reads the next line into `line_` without its end-of-line characters.
+  // Returns false at the end of the file, and on a read error (see status()).
+  bool Next() {
+    line_.clear();
+    bool got_any = false;
+    for (;;) {
+      if (gzgets(file_, buf_, sizeof(buf_)) == nullptr) {
+        int errnum = Z_OK;
+        const char* msg = gzerror(file_, &errnum);
+        if (errnum != Z_OK && errnum != Z_BUF_ERROR) {
+          status_ = absl::InvalidArgumentError(absl::StrCat(
+              path_, ":", line_number_ + 1, ": read error: ", msg));
+          return false;
+        }
+        if (!got_any) return false;
+        break;  // a last line without a newline
+      }
+      got_any = true;
+      const size_t n = std::strlen(buf_);
+      if (n > 0 && buf_[n - 1] == '\n') {
+        line_.append(buf_, n - 1);
+        break;
+      }
+      line_.append(buf_, n);
+    }
+    ++line_number_;
+    if (!line_.empty() && line_.back() == '\r') line_.pop_back();
+    return true;
+  }
+
+  const std::string& line() const { return line_; }
+  int line_number() const { return line_number_; }
+  const std::string& path() const { return path_; }
+  const absl::Status& status() const { return status_; }
+
+  // An error about the current line.
+  absl::Status Error(absl::string_view what) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ":", line_number_, ": ", what));
+  }
+
+ private:
+  LineReader(std::string path, gzFile file)
+      : path_(std::move(path)), file_(file) {}
+
+  std::string path_;
+  gzFile file_;
+  char buf_[4096];
+  std::string line_;
+  int line_number_ = 0;
+  absl::Status status_;
+};
+
+// Splits `line` at TABs into `fields` (at most kMaxFields of them, the rest
+// counted but not stored); returns the number of fields. No allocation: the
+// trace has hundreds of thousands of lines.
+constexpr size_t kMaxFields = 8;
+size_t SplitTabs(absl::string_view line,
+                 absl::string_view (&fields)[kMaxFields]) {
+  size_t n = 0;
+  for (;;) {
+    const size_t tab = line.find('\t');
+    if (n < kMaxFields) fields[n] = line.substr(0, tab);
+    ++n;
+    if (tab == absl::string_view::npos) return n;
+    line.remove_prefix(tab + 1);
+  }
+}
+
+bool IsComment(const std::string& line) {
+  return line.empty() || line[0] == '#';
+}
+
+// "0x" followed by 1 to 16 hex digits.
+std::optional<uint64_t> ParseHex(absl::string_view s) {
+  if (s.size() < 3 || s[0] != '0' || (s[1] != 'x' && s[1] != 'X')) {
+    return std::nullopt;
+  }
+  s.remove_prefix(2);
+  // Leading zeros are fine; only significant digits count towards 64 bits.
+  while (s.size() > 1 && s[0] == '0') s.remove_prefix(1);
+  if (s.size() > 16) return std::nullopt;
+  uint64_t v = 0;
+  for (const char c : s) {
+    int d;
+    if (c >= '0' && c <= '9') {
+      d = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      d = c - 'a' + 10;
+    } else if (c >= 'A' && c <= 'F') {
+      d = c - 'A' + 10;
+    } else {
+      return std::nullopt;
+    }
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  return v;
+}
+
+// An optional '-' and 1 to 9 decimal digits.
+std::optional<int64_t> ParseDecimal(absl::string_view s) {
+  bool negative = false;
+  if (!s.empty() && s[0] == '-') {
+    negative = true;
+    s.remove_prefix(1);
+  }
+  if (s.empty() || s.size() > 9) return std::nullopt;
+  int64_t v = 0;
+  for (const char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  return negative ? -v : v;
+}
+
+std::optional<BusKind> ParseBus(absl::string_view s) {
+  if (s == "pio") return BusKind::kPio;
+  if (s == "mmio") return BusKind::kMmio;
+  return std::nullopt;
+}
+
+const char* BusName(BusKind bus) {
+  return bus == BusKind::kPio ? "pio" : "mmio";
+}
+
+std::string Quote(absl::string_view s) { return absl::StrCat("'", s, "'"); }
+
+// The ranges of `bus`, sorted by `first`.
+std::vector<const MapRange*> SortedRanges(const DeviceMap& map, BusKind bus) {
+  std::vector<const MapRange*> out;
+  for (const MapRange& r : map.ranges) {
+    if (r.bus == bus) out.push_back(&r);
+  }
+  std::sort(out.begin(), out.end(), [](const MapRange* a, const MapRange* b) {
+    return a->first < b->first;
+  });
+  return out;
+}
+
+bool FileExists(const std::string& path) {
+  return !path.empty() && access(path.c_str(), F_OK) == 0;
+}
+
+}  // namespace
+
+RangeLookup::RangeLookup(const DeviceMap& map)
+    : pio_(SortedRanges(map, BusKind::kPio)),
+      mmio_(SortedRanges(map, BusKind::kMmio)) {}
+
+const MapRange* RangeLookup::Find(BusKind bus, uint64_t addr) const {
+  const std::vector<const MapRange*>& ranges =
+      bus == BusKind::kPio ? pio_ : mmio_;
+  // The last range starting at or below `addr`.
+  auto it = std::upper_bound(
+      ranges.begin(), ranges.end(), addr,
+      [](uint64_t a, const MapRange* r) { return a < r->first; });
+  if (it == ranges.begin()) return nullptr;
+  const MapRange* r = *(it - 1);
+  return addr <= r->last ? r : nullptr;
+}
+
+absl::StatusOr<DeviceMap> LoadDeviceMap(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<LineReader>> opened = LineReader::Open(path);
+  if (!opened.ok()) return opened.status();
+  LineReader& in = **opened;
+  DeviceMap map;
+  absl::flat_hash_map<std::string, int> name_index;
+  while (in.Next()) {
+    const std::string& line = in.line();
+    if (IsComment(line)) continue;
+    absl::string_view f[kMaxFields];
+    const size_t fields = SplitTabs(line, f);
+    if (fields != 4) {
+      return in.Error(absl::StrCat("expected 4 TAB-separated fields (bus, "
+                                   "first, last, name), found ",
+                                   fields));
+    }
+    const std::optional<BusKind> bus = ParseBus(f[0]);
+    if (!bus) {
+      return in.Error(absl::StrCat("unknown bus ", Quote(f[0]),
+                                   " (expected 'pio' or 'mmio')"));
+    }
+    const std::optional<uint64_t> first = ParseHex(f[1]);
+    if (!first) {
+      return in.Error(absl::StrCat("bad hex address ", Quote(f[1]),
+                                   " in column 'first'"));
+    }
+    const std::optional<uint64_t> last = ParseHex(f[2]);
+    if (!last) {
+      return in.Error(absl::StrCat("bad hex address ", Quote(f[2]),
+                                   " in column 'last'"));
+    }
+    if (*first > *last) {
+      return in.Error(absl::StrCat("first ", f[1], " is greater than last ",
+                                   f[2]));
+    }
+    if (*bus == BusKind::kPio && *last > 0xffff) {
+      return in.Error(absl::StrCat("pio range ends at ", f[2],
+                                   ", past the last port 0xffff"));
+    }
+    if (f[3].empty() || f[3] == "-") {
+      return in.Error(absl::StrCat("bad device name ", Quote(f[3])));
+    }
+    std::string name(f[3]);
+    if (name_index.emplace(name, static_cast<int>(map.names.size())).second) {
+      map.names.push_back(name);
+    }
+    map.ranges.push_back(
+        MapRange{*bus, *first, *last, std::move(name), in.line_number()});
+  }
+  if (!in.status().ok()) return in.status();
+
+  // Ranges of one bus must be disjoint, as on a real bus.
+  for (const BusKind bus : {BusKind::kPio, BusKind::kMmio}) {
+    const std::vector<const MapRange*> sorted = SortedRanges(map, bus);
+    for (size_t i = 1; i < sorted.size(); ++i) {
+      const MapRange& a = *sorted[i - 1];
+      const MapRange& b = *sorted[i];
+      if (b.first <= a.last) {
+        const MapRange& later = a.line > b.line ? a : b;
+        const MapRange& earlier = a.line > b.line ? b : a;
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ":", later.line, ": ", BusName(bus), " range [0x",
+            absl::Hex(later.first), ", 0x", absl::Hex(later.last), "] of ",
+            Quote(later.name), " overlaps [0x", absl::Hex(earlier.first),
+            ", 0x", absl::Hex(earlier.last), "] of ", Quote(earlier.name),
+            " (line ", earlier.line, ")"));
+      }
+    }
+  }
+  return map;
+}
+
+absl::StatusOr<std::vector<Access>> LoadTrace(const std::string& path,
+                                              const DeviceMap& map) {
+  absl::StatusOr<std::unique_ptr<LineReader>> opened = LineReader::Open(path);
+  if (!opened.ok()) return opened.status();
+  LineReader& in = **opened;
+
+  absl::flat_hash_map<std::string, int32_t> name_index;
+  for (size_t i = 0; i < map.names.size(); ++i) {
+    name_index.emplace(map.names[i], static_cast<int32_t>(i));
+  }
+  const RangeLookup lookup(map);
+
+  std::vector<Access> out;
+  while (in.Next()) {
+    const std::string& line = in.line();
+    if (IsComment(line)) continue;
+    absl::string_view f[kMaxFields];
+    const size_t fields = SplitTabs(line, f);
+    if (fields != 7) {
+      return in.Error(absl::StrCat(
+          "expected 7 TAB-separated fields (vcpu, bus, op, addr, size, value, "
+          "region), found ",
+          fields));
+    }
+    Access a;
+    const std::optional<int64_t> vcpu = ParseDecimal(f[0]);
+    if (!vcpu || *vcpu < -1) {
+      return in.Error(absl::StrCat("bad vcpu ", Quote(f[0]),
+                                   " (expected -1 or a vCPU index)"));
+    }
+    a.vcpu = static_cast<int32_t>(*vcpu);
+    const std::optional<BusKind> bus = ParseBus(f[1]);
+    if (!bus) {
+      return in.Error(absl::StrCat("unknown bus ", Quote(f[1]),
+                                   " (expected 'pio' or 'mmio')"));
+    }
+    a.bus = *bus;
+    if (f[2] == "r") {
+      a.write = false;
+    } else if (f[2] == "w") {
+      a.write = true;
+    } else {
+      return in.Error(
+          absl::StrCat("unknown op ", Quote(f[2]), " (expected 'r' or 'w')"));
+    }
+    const std::optional<uint64_t> addr = ParseHex(f[3]);
+    if (!addr) return in.Error(absl::StrCat("bad hex address ", Quote(f[3])));
+    if (a.bus == BusKind::kPio && *addr > 0xffff) {
+      return in.Error(absl::StrCat("pio address ", f[3],
+                                   " is past the last port 0xffff"));
+    }
+    a.addr = *addr;
+    const std::optional<int64_t> size = ParseDecimal(f[4]);
+    if (!size || *size < 1 || *size > 8) {
+      return in.Error(
+          absl::StrCat("bad size ", Quote(f[4]), " (expected 1 to 8 bytes)"));
+    }
+    a.size = static_cast<uint8_t>(*size);
+    const std::optional<uint64_t> value = ParseHex(f[5]);
+    if (!value) return in.Error(absl::StrCat("bad hex value ", Quote(f[5])));
+    a.value = *value;
+    if (f[6] == "-") {
+      a.device = -1;
+    } else {
+      auto it = name_index.find(f[6]);
+      if (it == name_index.end()) {
+        return in.Error(absl::StrCat("region ", Quote(f[6]),
+                                     " is not a device of the map"));
+      }
+      const MapRange* r = lookup.Find(a.bus, a.addr);
+      if (r == nullptr || r->name != f[6]) {
+        return in.Error(absl::StrCat(
+            "address ", f[3], " is not inside a ", BusName(a.bus),
+            " range of ", Quote(f[6]),
+            r == nullptr ? std::string(" (no range holds it)")
+                         : absl::StrCat(" (it is in ", Quote(r->name),
+                                        ", line ", r->line, " of the map)")));
+      }
+      a.device = it->second;
+    }
+    out.push_back(a);
+  }
+  if (!in.status().ok()) return in.status();
+  return out;
+}
+
+std::string ResolveDataPath(const std::string& workspace_relative_path) {
+  const std::string& p = workspace_relative_path;
+  if (p.empty() || p[0] == '/' || FileExists(p)) return p;
+  std::vector<std::string> candidates;
+  for (const char* var : {"TEST_SRCDIR", "RUNFILES_DIR"}) {
+    if (const char* dir = std::getenv(var); dir != nullptr && *dir != '\0') {
+      candidates.push_back(absl::StrCat(dir, "/", kWorkspaceName, "/", p));
+    }
+  }
+  char exe[4096];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    candidates.push_back(absl::StrCat(absl::string_view(exe, n), ".runfiles/",
+                                      kWorkspaceName, "/", p));
+  }
+  // `bazel run`: the user's working directory, then the workspace root.
+  for (const char* var :
+       {"BUILD_WORKING_DIRECTORY", "BUILD_WORKSPACE_DIRECTORY"}) {
+    if (const char* dir = std::getenv(var); dir != nullptr && *dir != '\0') {
+      candidates.push_back(absl::StrCat(dir, "/", p));
+    }
+  }
+  for (const std::string& c : candidates) {
+    if (FileExists(c)) return c;
+  }
+  return p;
+}
+
+}  // namespace vm_device::trace
