@@ -178,6 +178,7 @@ absl::Status SortedBus<A, D>::Add(BusRange<A> range,
   bases_.insert(bases_.begin() + at, base);
   slots_.insert(slots_.begin() + at, Slot{range.last().value(), device.get()});
   owners_.insert(owners_.begin() + at, std::move(device));
+  Relayout();
   return absl::OkStatus();
 }
 
@@ -190,7 +191,27 @@ absl::Status SortedBus<A, D>::Remove(A addr) {
   bases_.erase(bases_.begin() + i);
   slots_.erase(slots_.begin() + i);
   owners_.erase(owners_.begin() + i);
+  Relayout();
   return absl::OkStatus();
+}
+
+template <typename A, typename D>
+void SortedBus<A, D>::Relayout() {
+  const size_t n = bases_.size();
+  auto bytes = [](size_t b) { return (b + 63) / 64 * 64; };
+  keys_mem_.reset(::operator new(bytes((n + 1) * sizeof(Value)),
+                                 std::align_val_t(64)));
+  slots_mem_.reset(::operator new(bytes((n + 1) * sizeof(typename Table::Slot)),
+                                  std::align_val_t(64)));
+  auto* k = static_cast<Value*>(keys_mem_.get());
+  auto* s = static_cast<typename Table::Slot*>(slots_mem_.get());
+  k[0] = 0;
+  s[0] = {0, nullptr};
+  range_search_internal::ForEachEytzingerSlot(n, [&](size_t node, size_t i) {
+    k[node] = bases_[i];
+    s[node] = {slots_[i].last, slots_[i].device};
+  });
+  view_ = Table{k, s, n};
 }
 
 template class MapBus<PioAddress, DevicePio>;

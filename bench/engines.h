@@ -33,6 +33,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <vector>
 
@@ -41,6 +42,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "src/internal/range_table.h"
 #include "vm_device/address.h"
 #include "vm_device/bus_range.h"
 #include "vm_device/device.h"
@@ -209,8 +211,11 @@ class MapBus {
 
 // SortedBus
 //
-// One bus as two sorted arrays (bases; {last, device}), searched with
-// FindFloor, like the RCU snapshot. Add/Remove rebuild the arrays.
+// One bus as a sorted master copy (for Add/Remove) plus the very layout and
+// search of the RCU snapshot (`internal::BusTable`: Eytzinger-ordered bases,
+// 64-byte aligned), rebuilt on every change. The unsynchronized engine thus
+// searches exactly as `rcu` does, and the distance between the two is the
+// cost of synchronization alone.
 template <typename A, typename D>
 class SortedBus {
  public:
@@ -221,29 +226,30 @@ class SortedBus {
 
   ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Find(A addr, size_t len, A* base,
                                              const D** device) const {
-    Value access_last;
-    const IoStatus shape =
-        range_search_internal::CheckAccessShape(addr, len, &access_last);
-    if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
-    const size_t n = bases_.size();
-    const size_t i =
-        range_search_internal::FindFloor(bases_.data(), n, addr.value());
-    if (ABSL_PREDICT_FALSE(i == n || slots_[i].last < access_last)) {
-      return IoStatus::kDeviceNotFound;
-    }
-    *base = A(bases_[i]);
-    *device = slots_[i].device;
-    return IoStatus::kOk;
+    return view_.Find(addr, len, base, device);
   }
 
  private:
+  using Table = internal::BusTable<A, D>;
   struct Slot {
     Value last;
     const D* device;
   };
+  struct AlignedFree {
+    void operator()(void* p) const {
+      ::operator delete(p, std::align_val_t(64));
+    }
+  };
+
+  // Rebuilds view_ from the sorted arrays.
+  void Relayout();
+
   std::vector<Value> bases_;
   std::vector<Slot> slots_;
   std::vector<std::shared_ptr<D>> owners_;  // parallel to bases_
+  std::unique_ptr<void, AlignedFree> keys_mem_;
+  std::unique_ptr<void, AlignedFree> slots_mem_;
+  Table view_;
 };
 
 // Calls the device `Find` returned. Shared by the non-RCU engines.

@@ -177,16 +177,9 @@ namespace {
 
 template <typename Table, typename A, typename F>
 bool Visit(const Table& table, A addr, F f) {
-  A base;
-  typename std::remove_const_t<
-      std::remove_pointer_t<decltype(table.slots[0].device)>> const* device;
-  if (table.Find(addr, 1, &base, &device) != IoStatus::kOk) return false;
-  // Find(addr, 1) succeeded, so slots[i] holds addr; rebuild its range.
-  const size_t i = range_search_internal::FindFloor(table.bases, table.n,
-                                                    addr.value());
-  f(range_search_internal::RangeFactory::FromBounds<A>(table.bases[i],
-                                                       table.slots[i].last),
-    *device);
+  const size_t k = table.Locate(addr);
+  if (k == 0) return false;
+  f(table.RangeAt(k), *table.slots[k].device);
   return true;
 }
 

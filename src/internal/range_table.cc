@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <new>
+#include <vector>
 
 namespace vm_device {
 namespace internal {
@@ -20,22 +21,32 @@ size_t ArrayBytes(size_t n) {
   return RoundUp(n * sizeof(T));
 }
 
-// Copies a master bus into the arrays at `bases` and `slots`.
+// Lays a master bus out in Eytzinger order into the arrays at `keys` and
+// `slots` (n + 1 elements each; element 0 unused).
 template <typename A, typename D>
 void Fill(const Bus<A, std::shared_ptr<D>>& bus, BusTable<A, D>* table,
-          unsigned char* bases, unsigned char* slots) {
+          unsigned char* keys, unsigned char* slots) {
   using Table = BusTable<A, D>;
-  auto* b = reinterpret_cast<typename Table::Value*>(bases);
+  auto* k = reinterpret_cast<typename Table::Value*>(keys);
   auto* s = reinterpret_cast<typename Table::Slot*>(slots);
-  size_t i = 0;
+  std::vector<typename Table::Value> sorted_keys;
+  std::vector<typename Table::Slot> sorted_slots;
+  sorted_keys.reserve(bus.size());
+  sorted_slots.reserve(bus.size());
   bus.ForEach([&](const BusRange<A>& range, const std::shared_ptr<D>& dev) {
-    new (&b[i]) typename Table::Value(range.base().value());
-    new (&s[i]) typename Table::Slot{range.last().value(), dev.get()};
-    ++i;
+    sorted_keys.push_back(range.base().value());
+    sorted_slots.push_back({range.last().value(), dev.get()});
   });
-  table->bases = b;
+  new (&k[0]) typename Table::Value(0);
+  new (&s[0]) typename Table::Slot{0, nullptr};
+  range_search_internal::ForEachEytzingerSlot(
+      sorted_keys.size(), [&](size_t node, size_t i) {
+        new (&k[node]) typename Table::Value(sorted_keys[i]);
+        new (&s[node]) typename Table::Slot(sorted_slots[i]);
+      });
+  table->keys = k;
   table->slots = s;
-  table->n = i;
+  table->n = sorted_keys.size();
 }
 
 }  // namespace
@@ -44,20 +55,29 @@ RangeTablePtr RangeTable::Build(
     const Bus<PioAddress, std::shared_ptr<DevicePio>>& pio,
     const Bus<MmioAddress, std::shared_ptr<DeviceMmio>>& mmio) {
   const size_t header = RoundUp(sizeof(RangeTable));
-  const size_t pio_bases = ArrayBytes<PioTable::Value>(pio.size());
-  const size_t pio_slots = ArrayBytes<PioTable::Slot>(pio.size());
-  const size_t mmio_bases = ArrayBytes<MmioTable::Value>(mmio.size());
-  const size_t mmio_slots = ArrayBytes<MmioTable::Slot>(mmio.size());
+  // n + 1 elements per array: Eytzinger index 0 is unused.
+  const size_t pio_bases = ArrayBytes<PioTable::Value>(pio.size() + 1);
+  const size_t pio_slots = ArrayBytes<PioTable::Slot>(pio.size() + 1);
+  const size_t mmio_bases = ArrayBytes<MmioTable::Value>(mmio.size() + 1);
+  const size_t mmio_slots = ArrayBytes<MmioTable::Slot>(mmio.size() + 1);
   const size_t total = header + pio_bases + pio_slots + mmio_bases + mmio_slots;
 
+  // Freed again if laying out throws (Fill allocates scratch vectors).
   auto* block = static_cast<unsigned char*>(
       ::operator new(total, std::align_val_t(kAlign)));
+  struct FreeOnThrow {
+    unsigned char* p;
+    ~FreeOnThrow() {
+      if (p != nullptr) ::operator delete(p, std::align_val_t(kAlign));
+    }
+  } guard{block};
   auto* table = new (block) RangeTable();
   table->bytes_ = total;
   unsigned char* p = block + header;
   Fill(pio, &table->pio_, p, p + pio_bases);
   p += pio_bases + pio_slots;
   Fill(mmio, &table->mmio_, p, p + mmio_bases);
+  guard.p = nullptr;
   return RangeTablePtr(table);
 }
 
