@@ -161,6 +161,13 @@ class Bus {
     for (size_t i = 0; i < bases_.size(); ++i) f(RangeAt(i), slots_[i].device);
   }
 
+  // Bus::At()
+  //
+  // The `i`-th range in address order and its device. REQUIRES: i < size().
+  BusEntry<A, const D> At(size_t i) const {
+    return BusEntry<A, const D>{RangeAt(i), &slots_[i].device};
+  }
+
   // Bus::Overlapping()
   //
   // A registered range that shares an address with `range`, if any.

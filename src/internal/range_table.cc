@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <memory>
 #include <new>
-#include <vector>
 
 namespace vm_device {
 namespace internal {
@@ -29,24 +28,18 @@ void Fill(const Bus<A, std::shared_ptr<D>>& bus, BusTable<A, D>* table,
   using Table = BusTable<A, D>;
   auto* k = reinterpret_cast<typename Table::Value*>(keys);
   auto* s = reinterpret_cast<typename Table::Slot*>(slots);
-  std::vector<typename Table::Value> sorted_keys;
-  std::vector<typename Table::Slot> sorted_slots;
-  sorted_keys.reserve(bus.size());
-  sorted_slots.reserve(bus.size());
-  bus.ForEach([&](const BusRange<A>& range, const std::shared_ptr<D>& dev) {
-    sorted_keys.push_back(range.base().value());
-    sorted_slots.push_back({range.last().value(), dev.get()});
-  });
   new (&k[0]) typename Table::Value(0);
   new (&s[0]) typename Table::Slot{0, nullptr};
   range_search_internal::ForEachEytzingerSlot(
-      sorted_keys.size(), [&](size_t node, size_t i) {
-        new (&k[node]) typename Table::Value(sorted_keys[i]);
-        new (&s[node]) typename Table::Slot(sorted_slots[i]);
+      bus.size(), [&](size_t node, size_t i) {
+        const BusEntry<A, const std::shared_ptr<D>> e = bus.At(i);
+        new (&k[node]) typename Table::Value(e.range.base().value());
+        new (&s[node]) typename Table::Slot{e.range.last().value(),
+                                            e.device->get()};
       });
   table->keys = k;
   table->slots = s;
-  table->n = sorted_keys.size();
+  table->n = bus.size();
 }
 
 }  // namespace
@@ -62,22 +55,14 @@ RangeTablePtr RangeTable::Build(
   const size_t mmio_slots = ArrayBytes<MmioTable::Slot>(mmio.size() + 1);
   const size_t total = header + pio_bases + pio_slots + mmio_bases + mmio_slots;
 
-  // Freed again if laying out throws (Fill allocates scratch vectors).
   auto* block = static_cast<unsigned char*>(
       ::operator new(total, std::align_val_t(kAlign)));
-  struct FreeOnThrow {
-    unsigned char* p;
-    ~FreeOnThrow() {
-      if (p != nullptr) ::operator delete(p, std::align_val_t(kAlign));
-    }
-  } guard{block};
   auto* table = new (block) RangeTable();
   table->bytes_ = total;
   unsigned char* p = block + header;
   Fill(pio, &table->pio_, p, p + pio_bases);
   p += pio_bases + pio_slots;
-  Fill(mmio, &table->mmio_, p, p + mmio_bases);
-  guard.p = nullptr;
+  Fill(mmio, &table->mmio_, p, p + mmio_bases);  // neither Fill throws
   return RangeTablePtr(table);
 }
 
