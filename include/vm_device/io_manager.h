@@ -74,6 +74,10 @@
 // deadlocking. A handler that throws: the read-side section is left, the
 // exception reaches the dispatch's caller, and the manager is unchanged.
 //
+// Slow handlers: a handler that takes long (or blocks) delays nothing but the
+// reclamation of what was retired meanwhile: other vCPUs keep dispatching, and
+// registration never waits for it. `Synchronize()` does wait for it.
+//
 // Lifetime: the manager holds a `shared_ptr` to each registered device and
 // drops it only after a grace period has passed since the device's last
 // range was deregistered, so a device is never destroyed while a vCPU is in
