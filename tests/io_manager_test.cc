@@ -549,8 +549,10 @@ TEST(IoManager, ResourcesOfOtherKindsAreSkipped) {
   EXPECT_EQ(io.stats().mmio_ranges, 0u);
 
   DeviceResources all;
-  all.Append(MmioAddressRange{0x1000, 0x10});
-  all.Append(LegacyIrq{4});
+  for (const Resource& r : {Resource(MmioAddressRange{0x1000, 0x10}),
+                            Resource(LegacyIrq{4})}) {
+    all.Append(r);
+  }
   ASSERT_TRUE(io.RegisterResources(dev, all.GetAllResources()).ok());
   EXPECT_TRUE(MmioMapped(io, 0x1000));
 }
