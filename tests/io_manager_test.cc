@@ -754,6 +754,41 @@ TEST(IoManager, FailedMoveChangesNothing) {
   EXPECT_FALSE(MmioMapped(io, 0x1000));
 }
 
+TEST(IoManager, ChangesFromSeveralThreadsWhileDispatching) {
+  IoManager io;
+  ASSERT_TRUE(io.RegisterPio(Pio(0xf000, 1), std::make_shared<PioOnly>()).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> misses{0};
+  std::thread vcpu([&] {
+    const uint8_t b[] = {1};
+    while (!stop.load()) {
+      if (io.PioWrite(PioAddress(0xf000), b) != IoStatus::kOk) ++misses;
+    }
+  });
+  auto churn = [&](uint16_t first) {
+    auto dev = std::make_shared<Recorder>();
+    for (int round = 0; round < 3; ++round) {
+      for (uint16_t i = 0; i < 100; ++i) {
+        ASSERT_TRUE(io.RegisterPio(Pio(first + 4 * i, 4), dev).ok());
+      }
+      ASSERT_TRUE(io.MovePio(PioAddress(first), PioAddress(first + 0x400)).ok());
+      ASSERT_TRUE(io.DeregisterPio(PioAddress(first + 0x400)).ok());
+      for (uint16_t i = 1; i < 100; ++i) {
+        ASSERT_TRUE(io.DeregisterPio(PioAddress(first + 4 * i + 3)).ok());
+      }
+    }
+  };
+  std::thread w1(churn, 0x1000), w2(churn, 0x2000);
+  w1.join();
+  w2.join();
+  stop = true;
+  vcpu.join();
+  EXPECT_EQ(misses.load(), 0);
+  EXPECT_EQ(io.stats().pio_ranges, 1u);
+  EXPECT_EQ(io.stats().publishes, 1u + 2 * 3 * (100 + 1 + 100));
+  EXPECT_TRUE(io.Synchronize().ok());
+}
+
 // -----------------------------------------------------------------------------
 // Lookup
 // -----------------------------------------------------------------------------
