@@ -57,6 +57,25 @@ inline void GraceAcquire() {
 #endif
 }
 
+// WaitForRetired() waits on an absl::Notification, whose synchronization
+// happens inside the uninstrumented Abseil library: TSan would not order what
+// the reclamation thread did (device destructors included) before the wait's
+// return. The marker releases this address before it notifies, and the waiter
+// acquires it after the wait.
+[[maybe_unused]] char retired_sync;
+
+inline void RetiredRelease() {
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+  __tsan_release(&retired_sync);
+#endif
+}
+
+inline void RetiredAcquire() {
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+  __tsan_acquire(&retired_sync);
+#endif
+}
+
 // Unregisters the thread at exit if RegisterSlow() registered it.
 struct ExitUnregister {
   bool armed = false;
@@ -138,7 +157,10 @@ namespace {
 class BarrierMarker final : public Retired {
  public:
   explicit BarrierMarker(absl::Notification* done) : done_(done) {}
-  ~BarrierMarker() override { done_->Notify(); }
+  ~BarrierMarker() override {
+    RetiredRelease();
+    done_->Notify();
+  }
 
  private:
   absl::Notification* done_;
@@ -150,6 +172,7 @@ void WaitForRetired() {
   absl::Notification done;
   Retire(std::make_unique<BarrierMarker>(&done));
   done.WaitForNotification();
+  RetiredAcquire();
 }
 
 }  // namespace internal
