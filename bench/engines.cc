@@ -211,7 +211,7 @@ void SortedBus<A, D>::Relayout() {
     k[node] = bases_[i];
     s[node] = {slots_[i].last, slots_[i].device};
   });
-  view_ = Table{k, s, n};
+  view_ = Table{k, s, n, range_search_internal::EytzingerLevels(n)};
 }
 
 template class MapBus<PioAddress, DevicePio>;

@@ -40,6 +40,7 @@ void Fill(const Bus<A, std::shared_ptr<D>>& bus, BusTable<A, D>* table,
   table->keys = k;
   table->slots = s;
   table->n = bus.size();
+  table->levels = range_search_internal::EytzingerLevels(bus.size());
 }
 
 }  // namespace

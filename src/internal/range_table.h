@@ -95,13 +95,14 @@ struct BusTable {
   const Value* keys = nullptr;
   const Slot* slots = nullptr;
   size_t n = 0;
+  size_t levels = 0;  // range_search_internal::EytzingerLevels(n)
 
   // BusTable::Locate()
   //
   // The node of the range that holds `addr`, or 0.
   ABSL_ATTRIBUTE_ALWAYS_INLINE size_t Locate(A addr) const {
     const size_t k =
-        range_search_internal::EytzingerFloor(keys, n, addr.value());
+        range_search_internal::EytzingerFloor(keys, n, levels, addr.value());
     return (k != 0 && addr.value() <= slots[k].last) ? k : 0;
   }
 
@@ -124,7 +125,7 @@ struct BusTable {
         range_search_internal::CheckAccessShape(addr, len, &access_last);
     if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
     const size_t k =
-        range_search_internal::EytzingerFloor(keys, n, addr.value());
+        range_search_internal::EytzingerFloor(keys, n, levels, addr.value());
     if (ABSL_PREDICT_FALSE(k == 0 || slots[k].last < access_last)) {
       return IoStatus::kDeviceNotFound;
     }

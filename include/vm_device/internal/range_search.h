@@ -57,34 +57,58 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t FindFloor(const V* keys, size_t n,
   return *lo <= x ? static_cast<size_t>(lo - keys) : n;
 }
 
+// EytzingerLevels()
+//
+// The number of complete levels of an Eytzinger tree of `n` nodes:
+// floor(log2(n + 1)). Store it beside the keys for EytzingerFloor().
+constexpr size_t EytzingerLevels(size_t n) {
+  size_t levels = 0;
+  while ((size_t{2} << levels) - 1 <= n) ++levels;
+  return levels;
+}
+
 // EytzingerFloor()
 //
 // The same answer as FindFloor() over a cache-friendlier layout: the keys in
 // Eytzinger (breadth-first) order at `keys[1, n]` (`keys[0]` unused; see
-// ForEachEytzingerSlot()). Returns the Eytzinger index of the last key <= `x`
-// in sorted order, or 0 when there is none.
+// ForEachEytzingerSlot()), with `levels` = EytzingerLevels(n). Returns the
+// Eytzinger index of the last key <= `x` in sorted order, or 0 when there is
+// none.
 //
 // Each step goes down one level of the implicit tree with a conditional move
 // and remembers the last node whose key was <= x (the floor is the last
-// right turn). The top levels share a few cache lines that stay hot; deeper
-// down, the prefetch fetches the line holding all descendants
-// log2(64 / sizeof(V)) levels below, so the dependent loads of a search
-// overlap instead of queueing. At most floor(log2 n) + 1 steps. With `keys`
-// 64-byte aligned, `keys + k * kPerLine` starts a cache line. Prefetching
-// past the end of the array is harmless (a prefetch never faults).
+// right turn). The loop runs exactly `levels` times, and the last, partial
+// level is one more branch-free step, so the number of steps depends on `n`
+// alone: no mispredicted loop exit. The top levels share a few cache lines
+// that stay hot; in tables larger than a few cache lines, each step also
+// prefetches the line holding all descendants log2(64 / sizeof(V)) levels
+// below, so the dependent loads of deep levels overlap instead of queueing.
+// With `keys` 64-byte aligned, `keys + k * kPerLine` starts a cache line.
 template <typename V>
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t EytzingerFloor(const V* keys,
-                                                          size_t n, V x) {
+                                                          size_t n,
+                                                          size_t levels, V x) {
   constexpr size_t kPerLine = 64 / sizeof(V);
   size_t k = 1;
   size_t floor = 0;
-  while (k <= n) {
-    __builtin_prefetch(keys + k * kPerLine);
-    const bool right = keys[k] <= x;
-    floor = right ? k : floor;
-    k = 2 * k + static_cast<size_t>(right);
+  if (n >= 4 * kPerLine) {
+    for (size_t level = 0; level < levels; ++level) {
+      __builtin_prefetch(keys + k * kPerLine);
+      const bool right = keys[k] <= x;
+      floor = right ? k : floor;
+      k = 2 * k + static_cast<size_t>(right);
+    }
+  } else {
+    for (size_t level = 0; level < levels; ++level) {
+      const bool right = keys[k] <= x;
+      floor = right ? k : floor;
+      k = 2 * k + static_cast<size_t>(right);
+    }
   }
-  return floor;
+  // The partial last level: node k exists only if k <= n (keys[0] stands in).
+  const size_t last = k <= n ? k : 0;
+  const bool right = last != 0 && keys[last] <= x;
+  return right ? last : floor;
 }
 
 namespace eytzinger_internal {
