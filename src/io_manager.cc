@@ -21,46 +21,15 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "src/internal/range_table.h"
+#include "vm_device/internal/annotated_mutex_lock.h"
 #include "src/internal/rcu.h"
-
-#if defined(ABSL_HAVE_THREAD_SANITIZER)
-extern "C" void __tsan_acquire(void* addr);
-extern "C" void __tsan_release(void* addr);
-#endif
 
 namespace vm_device {
 namespace {
 
 using internal::RangeTable;
 
-// WriterLock
-//
-// Holds the writer mutex for the scope, like absl::MutexLock, and tells
-// ThreadSanitizer about the happens-before edge each hand-off of it provides:
-// Abseil may be a prebuilt, uninstrumented library (Debian's is), and then
-// TSan cannot see inside absl::Mutex, so two writers on two threads would
-// look like a data race on the master buses.
-class ABSL_SCOPED_LOCKABLE WriterLock {
- public:
-  explicit WriterLock(absl::Mutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu)
-      : mu_(mu) {
-    mu_->Lock();
-#if defined(ABSL_HAVE_THREAD_SANITIZER)
-    __tsan_acquire(mu_);
-#endif
-  }
-  ~WriterLock() ABSL_UNLOCK_FUNCTION() {
-#if defined(ABSL_HAVE_THREAD_SANITIZER)
-    __tsan_release(mu_);
-#endif
-    mu_->Unlock();
-  }
-  WriterLock(const WriterLock&) = delete;
-  WriterLock& operator=(const WriterLock&) = delete;
-
- private:
-  absl::Mutex* const mu_;
-};
+using WriterLock = sync_internal::AnnotatedMutexLock;
 
 template <class... Fs>
 struct Overloaded : Fs... {

@@ -55,11 +55,7 @@
 #include "absl/types/span.h"
 #include "vm_device/address.h"
 #include "vm_device/device.h"
-
-#if defined(ABSL_HAVE_THREAD_SANITIZER)
-extern "C" void __tsan_acquire(void* addr);
-extern "C" void __tsan_release(void* addr);
-#endif
+#include "vm_device/internal/annotated_mutex_lock.h"
 
 namespace vm_device {
 
@@ -67,33 +63,6 @@ template <typename T>
 class LockedDevice;
 
 namespace locked_device_internal {
-
-// TsanLockEdge
-//
-// Tells ThreadSanitizer about the happens-before edge that each hand-off of a
-// device lock provides. Abseil may be a prebuilt, uninstrumented library
-// (Debian's is), and then TSan cannot see inside absl::Mutex: without this,
-// two handlers serialized by the lock look like a data race. Construct it
-// right after locking, so that it is destroyed right before unlocking. Does
-// nothing in other builds.
-class TsanLockEdge {
- public:
-  explicit TsanLockEdge(void* lock) : lock_(lock) {
-#if defined(ABSL_HAVE_THREAD_SANITIZER)
-    __tsan_acquire(lock_);
-#endif
-  }
-  ~TsanLockEdge() {
-#if defined(ABSL_HAVE_THREAD_SANITIZER)
-    __tsan_release(lock_);
-#endif
-  }
-  TsanLockEdge(const TsanLockEdge&) = delete;
-  TsanLockEdge& operator=(const TsanLockEdge&) = delete;
-
- private:
-  [[maybe_unused]] void* lock_;
-};
 
 // A distinct address per live thread, cheaper than std::this_thread::get_id().
 inline const void* CurrentThreadTag() {
@@ -174,8 +143,7 @@ class alignas(ABSL_CACHELINE_SIZE) LockedDevice final
   // device's own handlers (it would deadlock).
   template <typename F>
   decltype(auto) WithLock(F&& f) {
-    absl::MutexLock lock(&mu_);
-    locked_device_internal::TsanLockEdge edge(&mu_);
+    sync_internal::AnnotatedMutexLock lock(&mu_);
     return std::forward<F>(f)(device_);
   }
 
@@ -206,8 +174,7 @@ class alignas(ABSL_CACHELINE_SIZE) LockedDevice final
       RefuseReentrant(read_data);
       return;
     }
-    absl::MutexLock lock(&mu_);
-    locked_device_internal::TsanLockEdge edge(&mu_);
+    sync_internal::AnnotatedMutexLock lock(&mu_);
     // relaxed: read only by the check above; the lock orders the rest.
     owner_.store(self, std::memory_order_relaxed);
     struct ClearOwner {

@@ -41,8 +41,20 @@
 //      tens of nanoseconds per dispatch (README.md has the measurement).
 // Only this header and rcu.cc include liburcu; nothing outside src/internal
 // sees it.
+//
+// ThreadSanitizer builds always use 0: liburcu's inline code keeps its shared
+// state with volatile loads and stores, which TSan would take for data races
+// once that code is compiled (instrumented) into ours; behind the library's
+// ABI it stays uninstrumented, and rcu.cc describes the grace periods to TSan
+// instead.
+#include "absl/base/config.h"
+
 #ifndef VM_DEVICE_URCU_INLINE
 #define VM_DEVICE_URCU_INLINE 1
+#endif
+#if defined(ABSL_HAVE_THREAD_SANITIZER)
+#undef VM_DEVICE_URCU_INLINE
+#define VM_DEVICE_URCU_INLINE 0
 #endif
 #if VM_DEVICE_URCU_INLINE && !defined(_LGPL_SOURCE)
 #define _LGPL_SOURCE 1
@@ -52,7 +64,6 @@
 #include <memory>
 
 #include "absl/base/attributes.h"
-#include "absl/base/config.h"
 #include "absl/base/optimization.h"
 
 #ifdef ABSL_HAVE_THREAD_SANITIZER
