@@ -71,8 +71,27 @@
 // a BAR does this): none of those wait for a grace period, so none can
 // deadlock on its own read section. The one thing a handler must not call is
 // `Synchronize()`; it is refused with kFailedPrecondition instead of
-// deadlocking. A handler that throws: the read-side section is left, the
-// exception reaches the dispatch's caller, and the manager is unchanged.
+// deadlocking.
+//
+// Misbehaving handlers, and what the manager does (tests/
+// misbehaving_device_test.cc checks each):
+//   * throws: propagate. The read-side section is left, the exception reaches
+//     the dispatch's caller, a LockedDevice's lock is released, and the
+//     manager is unchanged (changes the handler committed before throwing
+//     stay: each registration call is its own transaction).
+//   * takes long: nothing else waits. Other vCPUs keep dispatching, to other
+//     devices and (for shared devices) to this one; registration and
+//     deregistration, even of this device, return at once; only
+//     Synchronize() and the reclamation of retired snapshots wait.
+//   * dispatches to itself: a shared device re-enters (nested read sections);
+//     a LockedDevice refuses the nested access (reads see all-ones, writes are
+//     dropped, refused_reentrant_accesses() counts it; the nested dispatch
+//     still returns kOk: it did reach the device) instead of deadlocking.
+//   * registers, deregisters or moves ranges, its own included: allowed, in
+//     one publish each, visible at once to later dispatches on every thread;
+//     a device that deregisters itself stays alive until its handlers return.
+//   * calls Synchronize() (or a destructor running on the reclamation thread
+//     does): refused with kFailedPrecondition, at once.
 //
 // Slow handlers: a handler that takes long (or blocks) delays nothing but the
 // reclamation of what was retired meanwhile: other vCPUs keep dispatching, and

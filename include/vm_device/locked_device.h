@@ -24,7 +24,8 @@
 // device) would deadlock on a non-recursive lock. The adapter detects that case
 // instead: the nested access is refused (a read returns all-ones bytes, the
 // value of an open bus; a write is dropped), `refused_reentrant_accesses()`
-// counts it, and the outer access carries on. Accesses from other threads just
+// counts it, and the outer access carries on. The nested dispatch itself
+// reports IoStatus::kOk (it did reach a device); the counter is how to tell. Accesses from other threads just
 // wait for the lock, as they should.
 //
 // Exceptions. A handler that throws releases the lock on the way out; the
