@@ -124,54 +124,45 @@ IoManager::~IoManager() {
 // range_table.h). On x86 and arm64 an acquire load is a plain load (arm64:
 // LDAR), and it writes nothing.
 
-IoStatus IoManager::PioRead(PioAddress addr, absl::Span<uint8_t> data) const {
+namespace {
+
+// One dispatch on the bus `kBus` of the snapshot, calling the handler
+// `kHandler` of the device found. Template arguments, so that each of the
+// four public functions compiles to one straight-line body.
+template <auto kBus, auto kHandler, typename A, typename Data>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus Dispatch(
+    const std::atomic<const RangeTable*>& root, A addr, Data data) {
   internal::ReadSection read_side;
-  PioAddress base;
-  const DevicePio* device;
-  const IoStatus s = table_.load(std::memory_order_acquire)
-                         ->pio()
-                         .Find(addr, data.size(), &base, &device);
+  A base;
+  typename std::remove_cvref_t<decltype((std::declval<const RangeTable&>().*
+                                         kBus)())>::Device const* device;
+  // acquire: pairs with the release store in CommitLocked() (A.2).
+  const IoStatus s = (root.load(std::memory_order_acquire)->*kBus)().Find(
+      addr, data.size(), &base, &device);
   if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->PioRead(base, addr - base, data);
+  (device->*kHandler)(base, addr - base, data);
   return IoStatus::kOk;
+}
+
+}  // namespace
+
+IoStatus IoManager::PioRead(PioAddress addr, absl::Span<uint8_t> data) const {
+  return Dispatch<&RangeTable::pio, &DevicePio::PioRead>(table_, addr, data);
 }
 
 IoStatus IoManager::PioWrite(PioAddress addr,
                              absl::Span<const uint8_t> data) const {
-  internal::ReadSection read_side;
-  PioAddress base;
-  const DevicePio* device;
-  const IoStatus s = table_.load(std::memory_order_acquire)
-                         ->pio()
-                         .Find(addr, data.size(), &base, &device);
-  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->PioWrite(base, addr - base, data);
-  return IoStatus::kOk;
+  return Dispatch<&RangeTable::pio, &DevicePio::PioWrite>(table_, addr, data);
 }
 
 IoStatus IoManager::MmioRead(MmioAddress addr, absl::Span<uint8_t> data) const {
-  internal::ReadSection read_side;
-  MmioAddress base;
-  const DeviceMmio* device;
-  const IoStatus s = table_.load(std::memory_order_acquire)
-                         ->mmio()
-                         .Find(addr, data.size(), &base, &device);
-  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->MmioRead(base, addr - base, data);
-  return IoStatus::kOk;
+  return Dispatch<&RangeTable::mmio, &DeviceMmio::MmioRead>(table_, addr, data);
 }
 
 IoStatus IoManager::MmioWrite(MmioAddress addr,
                               absl::Span<const uint8_t> data) const {
-  internal::ReadSection read_side;
-  MmioAddress base;
-  const DeviceMmio* device;
-  const IoStatus s = table_.load(std::memory_order_acquire)
-                         ->mmio()
-                         .Find(addr, data.size(), &base, &device);
-  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->MmioWrite(base, addr - base, data);
-  return IoStatus::kOk;
+  return Dispatch<&RangeTable::mmio, &DeviceMmio::MmioWrite>(table_, addr,
+                                                              data);
 }
 
 // -----------------------------------------------------------------------------

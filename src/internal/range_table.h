@@ -87,6 +87,7 @@ namespace internal {
 template <typename A, typename D>
 struct BusTable {
   using Value = typename A::Value;
+  using Device = D;
   struct Slot {
     Value last;
     const D* device;
