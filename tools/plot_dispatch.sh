@@ -57,9 +57,15 @@ for b in data.get("benchmarks", []):
     engine, ranges, threads = m.group(1), int(m.group(3)), int(m.group(4))
     if engine not in engines:
         engines.append(engine)
-    table.setdefault(ranges, {}).setdefault(threads, {})[engine] = b["ns_per_dispatch"]
+    # Repetitions (--benchmark_repetitions) are averaged.
+    table.setdefault(ranges, {}).setdefault(threads, {}).setdefault(engine, []).append(
+        b["ns_per_dispatch"])
 if not table:
     sys.exit("%s: no BM_Dispatch/*/%s/... results with ns_per_dispatch" % (src, workload))
+for per_threads in table.values():
+    for per_engine in per_threads.values():
+        for e, xs in per_engine.items():
+            per_engine[e] = sum(xs) / len(xs)
 panels = sorted(table)
 for r in panels:
     with open(os.path.join(tmp, "r%d.dat" % r), "w") as f:
