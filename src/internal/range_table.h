@@ -14,9 +14,8 @@
 //   conditional moves and prefetches (the only array a search walks: 4096 PIO
 //   bases are 8 KiB, 4096 MMIO bases 32 KiB), then reads one slot. At most
 //   floor(log2 n) + 1 steps, no pointer chasing, no allocation, no writes.
-//   Against a plain binary search of the sorted bases the hot top of the
-//   tree shares a few cache lines and the deep levels are prefetched, which
-//   keeps 4096 ranges close to the cost of 16.
+//   Against a plain binary search of the sorted bases, the hot top of the
+//   tree shares a few cache lines and the deep levels are prefetched.
 // * The snapshot is allocated in one block, 64-byte aligned, and never changes
 //   after it is published. Writers build a new one from their master copy
 //   (`Bus<A, std::shared_ptr<D>>`, guarded by the writer mutex) and publish it
@@ -52,7 +51,7 @@
 // Progress
 // --------
 // Lookup and dispatch: wait-free. Entering and leaving the read side is a
-// thread-local counter update; the search takes ceil(log2 n) steps; nothing
+// thread-local counter update; the search takes floor(log2 n) + 1 steps; nothing
 // loops on other threads. The device handler itself is the device's business
 // (a `LockedDevice` blocks on its own lock).
 // Commit: blocking (the writer mutex), O(n + k) for a batch of k changes on

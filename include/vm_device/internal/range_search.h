@@ -8,7 +8,8 @@
 // answer exactly the same way. Not part of the public API.
 //
 // Thread safety: pure functions over memory the caller keeps alive.
-// Progress: wait-free; FindFloor() runs ceil(log2(n)) iterations, no more.
+// Progress: wait-free; FindFloor() runs ceil(log2(n)) iterations and
+// EytzingerFloor() floor(log2(n)) + 1, no more.
 
 #ifndef VM_DEVICE_INTERNAL_RANGE_SEARCH_H_
 #define VM_DEVICE_INTERNAL_RANGE_SEARCH_H_
