@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Checks the machine code of IoManager's four dispatch functions for what the
+# wait-free read path must not contain (src/internal/range_table.h, "Progress"):
+#
+#   * no atomic read-modify-write: no `lock`-prefixed instruction, no xchg,
+#     no cmpxchg, no xadd;
+#   * no allocation, no lock, no reference count: every direct call goes to an
+#     allowed symbol. Allowed: the device's own handler (an indirect call),
+#     the thread's one-time RCU registration (RegisterSlow), the TLS init hook
+#     of liburcu's reader record (a null weak symbol: never called), and
+#     liburcu's futex wake-up of a writer sleeping in synchronize_rcu
+#     (syscall, __errno_location, compat_futex_async: a system call that
+#     waits for nothing), and _Unwind_Resume (a handler threw: the read side
+#     is left while the exception passes through).
+#   (`xchg %ax,%ax` is a two-byte no-op: only an xchg with memory is atomic.)
+#
+# Reads the optimized static library; skipped (passes, saying so) in sanitizer
+# builds, where the code is instrumented and liburcu's read side is not inlined.
+set -euo pipefail
+
+if [[ -n "${VM_DEVICE_SANITIZER:-}" ]]; then
+  echo "skipped: ${VM_DEVICE_SANITIZER} build (instrumented code)"
+  exit 0
+fi
+lib=""
+for f in "$@"; do
+  case "$f" in *libio_manager.a) lib="$f" ;; esac
+done
+if [[ -z "$lib" ]]; then
+  echo "FAIL: libio_manager.a not among the arguments: $*" >&2
+  exit 1
+fi
+
+objdump -dr -C --no-show-raw-insn "$lib" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+allowed = ("TLS init function for urcu_memb_reader",
+           "vm_device::internal::RegisterSlow()",
+           "syscall", "__errno_location", "compat_futex_async",
+           "_Unwind_Resume",
+           # Built with --define=vm_device_urcu_inline=false: liburcu's
+           # exported read side (the same wait-free code, behind a call).
+           "urcu_memb_read_lock", "urcu_memb_read_unlock")
+funcs = {}
+name = None
+for line in text.splitlines():
+    m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+    if m:
+        name = m.group(1)
+        funcs[name] = []
+    elif line.strip() == "":
+        name = None
+    elif name is not None:
+        funcs[name].append(line)
+wanted = [n for n in funcs
+          if re.match(r"vm_device::IoManager::(Pio|Mmio)(Read|Write)\(", n)]
+bodies = [n for n in wanted if "[clone" not in n]
+if len(bodies) != 4:
+    sys.exit("FAIL: expected the 4 dispatch functions, found %r" % wanted)
+bad = []
+for n in wanted:
+    lines = funcs[n]
+    for i, l in enumerate(lines):
+        ins = l.split("\t")[-1] if "\t" in l else l
+        if (re.search(r"\block\b|\bcmpxchg|\bxadd", ins) or
+                (re.search(r"\bxchg", ins) and "(" in ins)):
+            bad.append("%s: atomic read-modify-write: %s" % (n, l.strip()))
+        if re.search(r"\bcall\b", ins) and "*" not in ins:
+            target = None
+            for r in lines[i + 1:i + 3]:
+                m = re.search(r"R_X86_64_\w+\s+(.*?)(-0x[0-9a-f]+|\+0x[0-9a-f]+)?$", r.strip())
+                if m and "R_X86_64" in r:
+                    target = m.group(1)
+                    break
+            if target is None:
+                bad.append("%s: call without relocation: %s" % (n, l.strip()))
+            elif not target.startswith(allowed) and not target.startswith(".text"):
+                bad.append("%s: call to %s" % (n, target))
+calls = sum(1 for n in bodies for l in funcs[n] if "call   *" in l)
+if calls != 4:
+    bad.append("expected one indirect (device handler) call per function, found %d" % calls)
+if bad:
+    sys.exit("FAIL:\n  " + "\n  ".join(bad))
+print("ok: %d functions (%d with cold parts): no atomic RMW, only allowed calls" %
+      (len(bodies), len(wanted)))
+'
