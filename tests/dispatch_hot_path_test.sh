@@ -38,8 +38,8 @@ allowed = ("TLS init function for urcu_memb_reader",
            "vm_device::internal::RegisterSlow()",
            "syscall", "__errno_location", "compat_futex_async",
            "_Unwind_Resume",
-           # Built with --define=vm_device_urcu_inline=false: liburcu's
-           # exported read side (the same wait-free code, behind a call).
+           # Built with --define=vm_device_urcu_inline=false: the library
+           # exported read side: the same wait-free code, behind a call.
            "urcu_memb_read_lock", "urcu_memb_read_unlock")
 funcs = {}
 name = None
