@@ -33,8 +33,8 @@
 //   items_per_second dispatches per second, all threads together.
 //   p50_ns, p99_ns   sampled latency: every 64th dispatch is timed with a pair
 //                    of steady_clock reads; the cost of an empty pair
-//                    (calibrated at start-up, printed) is subtracted. Samples of
-//                    all threads are merged.
+//                    (calibrated at start-up, printed) is subtracted. Samples
+//                    of all threads are merged.
 //   writer_changes   churn: registrations plus deregistrations the writer made
 //                    while the readers ran; changes_per_s is that per second.
 //   ns_per_range, bytes_per_range (BM_Register): time per registered range,
@@ -49,6 +49,8 @@
 // Defaults: --benchmark_min_time=0.05 (any flag given overrides it), every
 // benchmark; about a minute on 2 cores. The run ends with a summary.
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -62,7 +64,6 @@
 #include <random>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -75,8 +76,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "bench/engines.h"
-#include "tools/trace_format.h"
 #include "benchmark/benchmark.h"
+#include "tools/trace_format.h"
 #include "vm_device/io_manager.h"
 
 namespace vm_device {
@@ -125,8 +126,8 @@ std::vector<RangeSpec> UniformMap(int n) {
 
 // The range the churn writer adds and removes: above all the others.
 RangeSpec SpareRange(int n) {
-  static const auto* device = new std::shared_ptr<SinkDevice>(
-      std::make_shared<SinkDevice>(0xee));
+  static const auto* device =
+      new std::shared_ptr<SinkDevice>(std::make_shared<SinkDevice>(0xee));
   return {BusKind::kMmio, kMmioBase + uint64_t(n + 16) * kRangeStride,
           kRangeSize, *device};
 }
@@ -175,8 +176,8 @@ Engine& CachedEngine(int n) {
     e = new Engine;
     const absl::Status s = e->AddAll(CachedMap(n));
     if (!s.ok()) {
-      std::fprintf(stderr, "building %s: %s\n", std::string(Engine::kName).c_str(),
-                   s.ToString().c_str());
+      std::fprintf(stderr, "building %s: %s\n",
+                   std::string(Engine::kName).c_str(), s.ToString().c_str());
       std::abort();
     }
   }
@@ -210,10 +211,10 @@ absl::StatusOr<TraceWorkload> LoadTraceWorkload() {
   }
   for (const trace::MapRange& r : map->ranges) {
     auto name = std::find(map->names.begin(), map->names.end(), r.name);
-    w.map.push_back({r.bus == trace::BusKind::kPio ? BusKind::kPio
-                                                   : BusKind::kMmio,
-                     r.first, r.last - r.first + 1,
-                     devices[static_cast<size_t>(name - map->names.begin())]});
+    w.map.push_back(
+        {r.bus == trace::BusKind::kPio ? BusKind::kPio : BusKind::kMmio,
+         r.first, r.last - r.first + 1,
+         devices[static_cast<size_t>(name - map->names.begin())]});
   }
   for (const trace::Access& a : *accesses) {
     const size_t vcpu = a.vcpu < 0 ? 0 : static_cast<size_t>(a.vcpu);
@@ -286,8 +287,8 @@ class RunResults {
     return arrived_ >= expected_;
   }
   double Percentile(double q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const size_t k = std::min(samples_.size() - 1,
-                              static_cast<size_t>(q * samples_.size()));
+    const size_t k =
+        std::min(samples_.size() - 1, static_cast<size_t>(q * samples_.size()));
     std::nth_element(samples_.begin(), samples_.begin() + k, samples_.end());
     return samples_[k];
   }
@@ -356,7 +357,8 @@ class ChurnWriter {
   std::pair<uint64_t, double> Stop() {
     stop_.store(true, std::memory_order_relaxed);
     thread_.join();
-    const double s = std::chrono::duration<double>(Clock::now() - start_).count();
+    const double s =
+        std::chrono::duration<double>(Clock::now() - start_).count();
     return {changes_, s};
   }
 
@@ -486,14 +488,16 @@ void BM_Register(benchmark::State& state, int ranges, bool batch) {
 
 std::vector<int> ThreadCounts() {
   std::vector<int> t = {1, 2, 4, 8};
-  const int limit = 2 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int limit =
+      2 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   for (int x = 16; x <= limit; x *= 2) t.push_back(x);
   if (limit > 8 && t.back() != limit) t.push_back(limit);
   return t;
 }
 
 std::vector<int> ChurnThreadCounts() {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores =
+      static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::vector<int> t = {1};
   if (cores > 1) t.push_back(cores);
   return t;
@@ -553,7 +557,8 @@ void RegisterAll() {
   if (absl::StatusOr<TraceWorkload> w = LoadTraceWorkload(); w.ok()) {
     trace_workload = new TraceWorkload(*std::move(w));
   } else {
-    std::fprintf(stderr, "no trace workload: %s\n", w.status().ToString().c_str());
+    std::fprintf(stderr, "no trace workload: %s\n",
+                 w.status().ToString().c_str());
   }
   RegisterEngine<UnsynchronizedEngine>();
   RegisterEngine<RcuEngine>();
@@ -593,7 +598,8 @@ class NameReporter : public benchmark::BenchmarkReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     std::vector<Run> renamed = runs;
     for (Run& r : renamed) r.run_name.time_type.clear();
-    if (keep_ != nullptr) keep_->insert(keep_->end(), renamed.begin(), renamed.end());
+    if (keep_ != nullptr)
+      keep_->insert(keep_->end(), renamed.begin(), renamed.end());
     inner_->ReportRuns(renamed);
   }
   void Finalize() override { inner_->Finalize(); }
@@ -618,8 +624,8 @@ class Results {
           r.error_occurred) {
         continue;
       }
-      auto& m = by_name_[absl::StrCat(r.run_name.function_name, "/threads:",
-                                      r.threads)];
+      auto& m = by_name_[absl::StrCat(r.run_name.function_name,
+                                      "/threads:", r.threads)];
       for (const auto& [k, c] : r.counters) {
         auto& [sum, n] = m[k];
         sum += c.value;
@@ -666,7 +672,8 @@ void PrintSummary(const Results& r) {
       continue;
     }
     std::printf("\nranges:%-5d", ranges);
-    for (int t : threads) std::printf("  %16s", absl::StrCat("threads:", t).c_str());
+    for (int t : threads)
+      std::printf("  %16s", absl::StrCat("threads:", t).c_str());
     std::printf("\n");
     for (const char* e : engines) {
       std::printf("%-15s", e);
@@ -691,10 +698,10 @@ void PrintSummary(const Results& r) {
 
   std::printf("\nTargets (ratios within this run):\n");
   if (worst_rcu_ratio > 0) {
-    std::printf("  rcu / unsynchronized, worst case:        %5.2fx at %s"
-                "  (target <= 1.3x: %s)\n",
-                worst_rcu_ratio, worst_where.c_str(),
-                Verdict(worst_rcu_ratio <= 1.3));
+    std::printf(
+        "  rcu / unsynchronized, worst case:        %5.2fx at %s"
+        "  (target <= 1.3x: %s)\n",
+        worst_rcu_ratio, worst_where.c_str(), Verdict(worst_rcu_ratio <= 1.3));
   }
   for (int ranges : kRangeCounts) {
     const double rcu = r.Get("rcu", "uniform", ranges, 2);
@@ -708,9 +715,10 @@ void PrintSummary(const Results& r) {
         absl::StrAppend(&by_threads, absl::StrFormat(" t%d:%.1fx", t, b / a));
       }
     }
-    std::printf("  rwlock_map / rcu at 2 threads, ranges:%-4d %5.2fx"
-                "  (target >= 3x: %s); by threads:%s\n",
-                ranges, rw / rcu, Verdict(rw / rcu >= 3), by_threads.c_str());
+    std::printf(
+        "  rwlock_map / rcu at 2 threads, ranges:%-4d %5.2fx"
+        "  (target >= 3x: %s); by threads:%s\n",
+        ranges, rw / rcu, Verdict(rw / rcu >= 3), by_threads.c_str());
   }
   for (int ranges : kChurnRangeCounts) {
     for (int t : ChurnThreadCounts()) {
@@ -718,11 +726,12 @@ void PrintSummary(const Results& r) {
       const double churn = r.Get("rcu", "churn", ranges, t);
       const double slow = r.Get("rcu", "churn_1khz", ranges, t);
       if (base <= 0 || churn <= 0) continue;
-      std::printf("  rcu churn / no churn, ranges:%-4d threads:%d  flat out %5.2fx"
-                  " (%.0f changes/s; target <= 1.5x: %s), 1 kHz %5.2fx\n",
-                  ranges, t, churn / base,
-                  r.Get("rcu", "churn", ranges, t, "changes_per_s"),
-                  Verdict(churn / base <= 1.5), slow > 0 ? slow / base : 0.0);
+      std::printf(
+          "  rcu churn / no churn, ranges:%-4d threads:%d  flat out %5.2fx"
+          " (%.0f changes/s; target <= 1.5x: %s), 1 kHz %5.2fx\n",
+          ranges, t, churn / base,
+          r.Get("rcu", "churn", ranges, t, "changes_per_s"),
+          Verdict(churn / base <= 1.5), slow > 0 ? slow / base : 0.0);
     }
   }
   {
@@ -744,19 +753,20 @@ void PrintSummary(const Results& r) {
   for (const char* mode : {"one_by_one", "batch"}) {
     std::string line;
     for (int n : {16, 256, 4096}) {
-      const std::string name = absl::StrCat("BM_Register/rcu/", mode,
-                                            "/ranges:", n, "/threads:1");
+      const std::string name =
+          absl::StrCat("BM_Register/rcu/", mode, "/ranges:", n, "/threads:1");
       const double ns = r.Find(name, "ns_per_range");
       if (ns < 0) continue;
-      absl::StrAppend(&line, absl::StrFormat(
-                                 " n=%d: %.3f ms (%.0f ns/range, %.1f B/range);",
-                                 n, r.Find(name, "ms_total"), ns,
-                                 r.Find(name, "bytes_per_range")));
+      absl::StrAppend(
+          &line,
+          absl::StrFormat(" n=%d: %.3f ms (%.0f ns/range, %.1f B/range);", n,
+                          r.Find(name, "ms_total"), ns,
+                          r.Find(name, "bytes_per_range")));
     }
     if (line.empty()) continue;
-    const double ms = r.Find(
-        absl::StrCat("BM_Register/rcu/", mode, "/ranges:4096/threads:1"),
-        "ms_total");
+    const double ms =
+        r.Find(absl::StrCat("BM_Register/rcu/", mode, "/ranges:4096/threads:1"),
+               "ms_total");
     const bool batch = absl::string_view(mode) == "batch";
     std::printf("  register %-10s%s  (target 4096 < %s: %s)\n", mode,
                 line.c_str(), batch ? "10 ms" : "1 s",
@@ -772,9 +782,10 @@ void PrintSummary(const Results& r) {
       if (v > 0) absl::StrAppend(&line, absl::StrFormat(" %s %.1f;", e, v));
     }
     if (!line.empty()) {
-      std::printf("  trace (%zu accesses, one thread per vCPU), ns per "
-                  "dispatch:%s\n",
-                  trace_workload->accesses, line.c_str());
+      std::printf(
+          "  trace (%zu accesses, one thread per vCPU), ns per "
+          "dispatch:%s\n",
+          trace_workload->accesses, line.c_str());
     }
   }
 }

@@ -67,29 +67,29 @@ void ClearLastCall() { tls_last_call = CallRecord(); }
 void SinkDevice::PioRead(PioAddress base, PioAddressOffset offset,
                          absl::Span<uint8_t> data) const {
   std::memset(data.data(), id_, data.size());
-  tls_last_call = {this, BusKind::kPio, false, base.value(), offset,
-                   data.size()};
+  tls_last_call = {this,         BusKind::kPio, false,
+                   base.value(), offset,        data.size()};
 }
 
 void SinkDevice::PioWrite(PioAddress base, PioAddressOffset offset,
                           absl::Span<const uint8_t> data) const {
   tls_sink += data[0];
-  tls_last_call = {this, BusKind::kPio, true, base.value(), offset,
-                   data.size()};
+  tls_last_call = {this,         BusKind::kPio, true,
+                   base.value(), offset,        data.size()};
 }
 
 void SinkDevice::MmioRead(MmioAddress base, MmioAddressOffset offset,
                           absl::Span<uint8_t> data) const {
   std::memset(data.data(), id_, data.size());
-  tls_last_call = {this, BusKind::kMmio, false, base.value(), offset,
-                   data.size()};
+  tls_last_call = {this,         BusKind::kMmio, false,
+                   base.value(), offset,         data.size()};
 }
 
 void SinkDevice::MmioWrite(MmioAddress base, MmioAddressOffset offset,
                            absl::Span<const uint8_t> data) const {
   tls_sink += data[0];
-  tls_last_call = {this, BusKind::kMmio, true, base.value(), offset,
-                   data.size()};
+  tls_last_call = {this,         BusKind::kMmio, true,
+                   base.value(), offset,         data.size()};
 }
 
 // -----------------------------------------------------------------------------
@@ -199,8 +199,8 @@ template <typename A, typename D>
 void SortedBus<A, D>::Relayout() {
   const size_t n = bases_.size();
   auto bytes = [](size_t b) { return (b + 63) / 64 * 64; };
-  keys_mem_.reset(::operator new(bytes((n + 1) * sizeof(Value)),
-                                 std::align_val_t(64)));
+  keys_mem_.reset(
+      ::operator new(bytes((n + 1) * sizeof(Value)), std::align_val_t(64)));
   slots_mem_.reset(::operator new(bytes((n + 1) * sizeof(typename Table::Slot)),
                                   std::align_val_t(64)));
   auto* k = static_cast<Value*>(keys_mem_.get());

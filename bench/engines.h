@@ -149,7 +149,8 @@ class RcuEngine {
 
   ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Read(BusKind bus, uint64_t addr,
                                              absl::Span<uint8_t> data) const {
-    if (bus == BusKind::kMmio) return manager_.MmioRead(MmioAddress(addr), data);
+    if (bus == BusKind::kMmio)
+      return manager_.MmioRead(MmioAddress(addr), data);
     return manager_.PioRead(PioAddress(static_cast<uint16_t>(addr)), data);
   }
   ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus
@@ -195,7 +196,8 @@ class MapBus {
         range_search_internal::CheckAccessShape(addr, len, &access_last);
     if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
     auto it = map_.upper_bound(addr.value());
-    if (ABSL_PREDICT_FALSE(it == map_.begin())) return IoStatus::kDeviceNotFound;
+    if (ABSL_PREDICT_FALSE(it == map_.begin()))
+      return IoStatus::kDeviceNotFound;
     --it;
     if (ABSL_PREDICT_FALSE(it->second.last < access_last)) {
       return IoStatus::kDeviceNotFound;
@@ -316,7 +318,7 @@ class RwLockMapEngine {
   absl::Status AddAll(absl::Span<const RangeSpec> ranges);
 
   ABSL_ATTRIBUTE_NOINLINE IoStatus Read(BusKind bus, uint64_t addr,
-                                             absl::Span<uint8_t> data) const {
+                                        absl::Span<uint8_t> data) const {
     if (bus == BusKind::kMmio) {
       std::shared_lock lock(mmio_mu_);
       return engines_internal::MmioReadOn(mmio_, addr, data);
@@ -324,8 +326,8 @@ class RwLockMapEngine {
     std::shared_lock lock(pio_mu_);
     return engines_internal::PioReadOn(pio_, addr, data);
   }
-  ABSL_ATTRIBUTE_NOINLINE IoStatus
-  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+  ABSL_ATTRIBUTE_NOINLINE IoStatus Write(BusKind bus, uint64_t addr,
+                                         absl::Span<const uint8_t> data) const {
     if (bus == BusKind::kMmio) {
       std::shared_lock lock(mmio_mu_);
       return engines_internal::MmioWriteOn(mmio_, addr, data);
@@ -354,15 +356,15 @@ class MutexMapEngine {
   absl::Status AddAll(absl::Span<const RangeSpec> ranges);
 
   ABSL_ATTRIBUTE_NOINLINE IoStatus Read(BusKind bus, uint64_t addr,
-                                             absl::Span<uint8_t> data) const {
+                                        absl::Span<uint8_t> data) const {
     std::lock_guard lock(mu_);
     if (bus == BusKind::kMmio) {
       return engines_internal::MmioReadOn(mmio_, addr, data);
     }
     return engines_internal::PioReadOn(pio_, addr, data);
   }
-  ABSL_ATTRIBUTE_NOINLINE IoStatus
-  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+  ABSL_ATTRIBUTE_NOINLINE IoStatus Write(BusKind bus, uint64_t addr,
+                                         absl::Span<const uint8_t> data) const {
     std::lock_guard lock(mu_);
     if (bus == BusKind::kMmio) {
       return engines_internal::MmioWriteOn(mmio_, addr, data);
@@ -390,14 +392,14 @@ class UnsynchronizedEngine {
   absl::Status AddAll(absl::Span<const RangeSpec> ranges);
 
   ABSL_ATTRIBUTE_NOINLINE IoStatus Read(BusKind bus, uint64_t addr,
-                                             absl::Span<uint8_t> data) const {
+                                        absl::Span<uint8_t> data) const {
     if (bus == BusKind::kMmio) {
       return engines_internal::MmioReadOn(mmio_, addr, data);
     }
     return engines_internal::PioReadOn(pio_, addr, data);
   }
-  ABSL_ATTRIBUTE_NOINLINE IoStatus
-  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+  ABSL_ATTRIBUTE_NOINLINE IoStatus Write(BusKind bus, uint64_t addr,
+                                         absl::Span<const uint8_t> data) const {
     if (bus == BusKind::kMmio) {
       return engines_internal::MmioWriteOn(mmio_, addr, data);
     }

@@ -21,8 +21,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "src/internal/range_table.h"
-#include "vm_device/internal/annotated_mutex_lock.h"
 #include "src/internal/rcu.h"
+#include "vm_device/internal/annotated_mutex_lock.h"
 
 namespace vm_device {
 namespace {
@@ -51,9 +51,9 @@ absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
 
 template <typename A>
 absl::Status NoRangeHolds(A addr) {
-  return absl::NotFoundError(absl::StrFormat(
-      "no %s range holds address 0x%x", A::kBusName,
-      static_cast<uint64_t>(addr.value())));
+  return absl::NotFoundError(
+      absl::StrFormat("no %s range holds address 0x%x", A::kBusName,
+                      static_cast<uint64_t>(addr.value())));
 }
 
 template <typename A>
@@ -162,7 +162,7 @@ IoStatus IoManager::MmioRead(MmioAddress addr, absl::Span<uint8_t> data) const {
 IoStatus IoManager::MmioWrite(MmioAddress addr,
                               absl::Span<const uint8_t> data) const {
   return Dispatch<&RangeTable::mmio, &DeviceMmio::MmioWrite>(table_, addr,
-                                                              data);
+                                                             data);
 }
 
 // -----------------------------------------------------------------------------
@@ -404,15 +404,16 @@ namespace {
 
 // The batch that moves the range of `bus` holding `addr` to `new_base`.
 template <typename A, typename D, typename AddFn>
-absl::StatusOr<IoBatch> MoveBatch(const Bus<A, std::shared_ptr<D>>& bus,
-                                  A addr, A new_base, AddFn add) {
+absl::StatusOr<IoBatch> MoveBatch(const Bus<A, std::shared_ptr<D>>& bus, A addr,
+                                  A new_base, AddFn add) {
   auto entry = bus.Device(addr);
   if (!entry) return NoRangeHolds(addr);
   absl::StatusOr<BusRange<A>> moved =
       BusRange<A>::Create(new_base, entry->range.size());
   if (!moved.ok()) {
-    return Prefixed(moved.status(),
-                    absl::StrCat("cannot move ", entry->range.ToString(), ": "));
+    return Prefixed(
+        moved.status(),
+        absl::StrCat("cannot move ", entry->range.ToString(), ": "));
   }
   IoBatch batch;
   add(batch, addr, *moved, *entry->device);
@@ -423,12 +424,12 @@ absl::StatusOr<IoBatch> MoveBatch(const Bus<A, std::shared_ptr<D>>& bus,
 
 absl::Status IoManager::MovePio(PioAddress addr, PioAddress new_base) {
   WriterLock lock(&writer_mu_);
-  absl::StatusOr<IoBatch> batch = MoveBatch(
-      pio_bus_, addr, new_base,
-      [](IoBatch& b, PioAddress from, PioRange to,
-         const std::shared_ptr<DevicePio>& dev) {
-        b.RemovePio(from).AddPio(to, dev);
-      });
+  absl::StatusOr<IoBatch> batch =
+      MoveBatch(pio_bus_, addr, new_base,
+                [](IoBatch& b, PioAddress from, PioRange to,
+                   const std::shared_ptr<DevicePio>& dev) {
+                  b.RemovePio(from).AddPio(to, dev);
+                });
   if (!batch.ok()) return batch.status();
   absl::StatusOr<IoBatch::Removed> r = CommitLocked(*batch, nullptr);
   if (!r.ok()) return Prefixed(r.status(), "cannot move: ");
@@ -437,12 +438,12 @@ absl::Status IoManager::MovePio(PioAddress addr, PioAddress new_base) {
 
 absl::Status IoManager::MoveMmio(MmioAddress addr, MmioAddress new_base) {
   WriterLock lock(&writer_mu_);
-  absl::StatusOr<IoBatch> batch = MoveBatch(
-      mmio_bus_, addr, new_base,
-      [](IoBatch& b, MmioAddress from, MmioRange to,
-         const std::shared_ptr<DeviceMmio>& dev) {
-        b.RemoveMmio(from).AddMmio(to, dev);
-      });
+  absl::StatusOr<IoBatch> batch =
+      MoveBatch(mmio_bus_, addr, new_base,
+                [](IoBatch& b, MmioAddress from, MmioRange to,
+                   const std::shared_ptr<DeviceMmio>& dev) {
+                  b.RemoveMmio(from).AddMmio(to, dev);
+                });
   if (!batch.ok()) return batch.status();
   absl::StatusOr<IoBatch::Removed> r = CommitLocked(*batch, nullptr);
   if (!r.ok()) return Prefixed(r.status(), "cannot move: ");
@@ -487,10 +488,10 @@ absl::Status IoManager::RegisterResourcesImpl(
         return Prefixed(range.status(), describe(i, *r, "MMIO"));
       }
       if (mmio == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            describe(i, *r, "MMIO"),
-            want_pio ? "the device does not implement DeviceMmio"
-                     : "null device"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(describe(i, *r, "MMIO"),
+                         want_pio ? "the device does not implement DeviceMmio"
+                                  : "null device"));
       }
       batch.AddMmio(*range, mmio);
       origin.push_back(i);
@@ -506,10 +507,10 @@ absl::Status IoManager::RegisterResourcesImpl(
         return Prefixed(range.status(), describe(i, *r, "PIO"));
       }
       if (pio == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            describe(i, *r, "PIO"),
-            want_mmio ? "the device does not implement DevicePio"
-                      : "null device"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(describe(i, *r, "PIO"),
+                         want_mmio ? "the device does not implement DevicePio"
+                                   : "null device"));
       }
       batch.AddPio(*range, pio);
       origin.push_back(i);
@@ -521,7 +522,8 @@ absl::Status IoManager::RegisterResourcesImpl(
   size_t failed = 0;
   absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, &failed);
   if (r.ok()) return absl::OkStatus();
-  return Prefixed(r.status(), absl::StrFormat("resource #%d: ", origin[failed]));
+  return Prefixed(r.status(),
+                  absl::StrFormat("resource #%d: ", origin[failed]));
 }
 
 size_t IoManager::DeregisterResources(absl::Span<const Resource> resources) {

@@ -2,8 +2,6 @@
 // way IoManager does: same status, same device, same range base and offset.
 // Each engine is checked against a brute-force model of the routing rules.
 
-#include "bench/engines.h"
-
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -14,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "bench/engines.h"
 #include "gtest/gtest.h"
 #include "vm_device/io_status.h"
 
@@ -36,7 +35,8 @@ Expected Model(const std::vector<RangeSpec>& ranges, const Access& a) {
   if (a.bus == BusKind::kPio && a.size > kPioMax) {
     return {IoStatus::kInvalidAccessLength};
   }
-  if (a.size == 0 || a.size - 1 > max - a.addr) return {IoStatus::kInvalidRange};
+  if (a.size == 0 || a.size - 1 > max - a.addr)
+    return {IoStatus::kInvalidRange};
   const uint64_t last = a.addr + (a.size - 1);
   for (const RangeSpec& r : ranges) {
     if (r.bus != a.bus) continue;
@@ -85,8 +85,8 @@ std::vector<RangeSpec> TestMap() {
   std::mt19937_64 rng(7);
   for (int i = 0; i < 64; ++i) {
     // Disjoint slots of 1 MiB from 4 GiB up; random size inside each.
-    const uint64_t base = (uint64_t{1} << 32) + uint64_t(i) * 0x100000 +
-                          (rng() % 0x80000);
+    const uint64_t base =
+        (uint64_t{1} << 32) + uint64_t(i) * 0x100000 + (rng() % 0x80000);
     map.push_back({BusKind::kMmio, base, 1 + rng() % 0x10000, dev()});
   }
   return map;
@@ -100,9 +100,8 @@ std::vector<Access> Probes(const std::vector<RangeSpec>& map) {
   for (const RangeSpec& r : map) {
     const uint64_t max = r.bus == BusKind::kPio ? kPioMax : kMmioMax;
     const uint64_t last = r.base + (r.size - 1);
-    const uint64_t edges[] = {r.base - 1, r.base,     r.base + 1,
-                              last - 1,   last,       last + 1,
-                              last - 3,   last - 7};
+    const uint64_t edges[] = {r.base - 1, r.base,   r.base + 1, last - 1,
+                              last,       last + 1, last - 3,   last - 7};
     for (uint64_t addr : edges) {
       addr &= max;  // wraps below 0 / above the top, as the bus would
       for (uint32_t size : sizes) {
@@ -117,8 +116,8 @@ std::vector<Access> Probes(const std::vector<RangeSpec>& map) {
       addr = rng() & kPioMax;
     } else {
       // Mostly near the registered MMIO ranges.
-      addr = (rng() & 1) ? (uint64_t{1} << 32) + rng() % (64 * 0x100000)
-                         : rng();
+      addr =
+          (rng() & 1) ? (uint64_t{1} << 32) + rng() % (64 * 0x100000) : rng();
     }
     out.push_back({addr, sizes[1 + rng() % 5], bus, (rng() & 1) != 0});
   }
@@ -230,9 +229,9 @@ TEST(BenchEngines, AllEnginesRefuseOverlaps) {
       {BusKind::kMmio, 0x0, 0x100000000, dev},  // covers several
   };
   const RangeSpec fits[] = {
-      {BusKind::kPio, 0x8, 0x3f0, dev},   // fills the gap exactly
-      {BusKind::kMmio, 0x2001, 1, dev},   // adjacent above
-      {BusKind::kMmio, 0x0, 0x1000, dev}, // adjacent below
+      {BusKind::kPio, 0x8, 0x3f0, dev},    // fills the gap exactly
+      {BusKind::kMmio, 0x2001, 1, dev},    // adjacent above
+      {BusKind::kMmio, 0x0, 0x1000, dev},  // adjacent below
   };
   engines.ForEach([&](auto& engine) {
     ASSERT_TRUE(engine.AddAll(map).ok());
@@ -241,8 +240,8 @@ TEST(BenchEngines, AllEnginesRefuseOverlaps) {
           << engine.kName << " 0x" << std::hex << r.base;
     }
     for (const RangeSpec& r : fits) {
-      EXPECT_TRUE(engine.Add(r).ok()) << engine.kName << " 0x" << std::hex
-                                      << r.base;
+      EXPECT_TRUE(engine.Add(r).ok())
+          << engine.kName << " 0x" << std::hex << r.base;
     }
   });
 }

@@ -49,8 +49,7 @@ TEST(BusRange, MmioSizeLimitsMatchTheCrate) {
   EXPECT_NE(c.status().message().find("size 0xffffffffffffffff"),
             std::string::npos)
       << c.status();
-  EXPECT_NE(c.status().message().find("MMIO"), std::string::npos)
-      << c.status();
+  EXPECT_NE(c.status().message().find("MMIO"), std::string::npos) << c.status();
 }
 
 TEST(BusRange, PioRangeMayEndAtTheTopPort) {
@@ -68,7 +67,7 @@ TEST(BusRange, PioRangeMayEndAtTheTopPort) {
 
 TEST(BusRange, IsValidAndInvalidRangeErrorAgreeWithCreate) {
   const std::tuple<uint16_t, uint16_t> cases[] = {
-      {0, 0}, {0, 1}, {0, 0xffff}, {1, 0xffff}, {2, 0xffff},
+      {0, 0},      {0, 1},      {0, 0xffff},    {1, 0xffff},   {2, 0xffff},
       {0xffff, 1}, {0xffff, 2}, {0xfff0, 0x10}, {0xfff1, 0x10}};
   for (const auto& [base, size] : cases) {
     SCOPED_TRACE(testing::Message() << "base " << base << " size " << size);
@@ -115,13 +114,13 @@ TEST(BusRange, OverlapTableOfTheCrate) {
     bool overlaps;
   };
   const Row rows[] = {
-      {0, 5, false},  {0, 10, false}, {5, 5, false},  {0, 11, true},
-      {5, 6, true},   {5, 10, true},  {11, 15, true}, {5, 35, true},
-      {19, 1, true},  {19, 10, true}, {20, 1, false}, {30, 10, false},
+      {0, 5, false}, {0, 10, false}, {5, 5, false},  {0, 11, true},
+      {5, 6, true},  {5, 10, true},  {11, 15, true}, {5, 35, true},
+      {19, 1, true}, {19, 10, true}, {20, 1, false}, {30, 10, false},
   };
   for (const Row& row : rows) {
-    SCOPED_TRACE(testing::Message() << "(" << row.base << ", " << row.size
-                                    << ")");
+    SCOPED_TRACE(testing::Message()
+                 << "(" << row.base << ", " << row.size << ")");
     const MmioRange b = *MmioRange::Create(MmioAddress(row.base), row.size);
     EXPECT_EQ(a.Overlaps(b), row.overlaps);
     EXPECT_EQ(b.Overlaps(a), row.overlaps);  // symmetric

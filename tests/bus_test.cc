@@ -120,8 +120,9 @@ TEST(Bus, CrateTestBus) {
 
   PioBus<uint8_t> pio_bus;
   ASSERT_TRUE(pio_bus.Register(Pio(10, 10), 1).ok());
-  EXPECT_EQ(pio_bus.CheckAccess(PioAddress(10), std::numeric_limits<size_t>::max()),
-            IoStatus::kInvalidAccessLength);
+  EXPECT_EQ(
+      pio_bus.CheckAccess(PioAddress(10), std::numeric_limits<size_t>::max()),
+      IoStatus::kInvalidAccessLength);
 }
 
 TEST(Bus, OverlapErrorNamesBothRanges) {
@@ -201,9 +202,9 @@ TEST(Bus, CheckAccessChecksLengthThenShapeThenLookup) {
             IoStatus::kInvalidAccessLength);
   EXPECT_EQ(bus.CheckAccess(PioAddress(0x10), 65536),
             IoStatus::kInvalidAccessLength);
-  EXPECT_EQ(bus.CheckAccess(PioAddress(0x10),
-                            std::numeric_limits<size_t>::max()),
-            IoStatus::kInvalidAccessLength);
+  EXPECT_EQ(
+      bus.CheckAccess(PioAddress(0x10), std::numeric_limits<size_t>::max()),
+      IoStatus::kInvalidAccessLength);
   // 2 before 3: the largest length that fits, but it runs past 0xffff.
   EXPECT_EQ(bus.CheckAccess(PioAddress(0x10), 65535), IoStatus::kInvalidRange);
   EXPECT_EQ(bus.CheckAccess(PioAddress(0x500), 0xfb01),
@@ -240,8 +241,7 @@ TEST(Bus, MmioAccessAtTheLastByteOfARange) {
   std::optional<BusEntry<MmioAddress, const int>> hit;
   ASSERT_EQ(bus.CheckAccess(MmioAddress(0x10ff), 1, &hit), IoStatus::kOk);
   EXPECT_EQ(MmioAddress(0x10ff) - hit->range.base(), 255u);
-  EXPECT_EQ(bus.CheckAccess(MmioAddress(0x10ff), 2),
-            IoStatus::kDeviceNotFound);
+  EXPECT_EQ(bus.CheckAccess(MmioAddress(0x10ff), 2), IoStatus::kDeviceNotFound);
 }
 
 TEST(Bus, TopOfTheMmioSpace) {

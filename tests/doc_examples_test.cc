@@ -163,8 +163,8 @@ TEST(DocExamples, NoopDeviceOnBothBusesByRange) {
   auto device = std::make_shared<NoopDevice>();
   const uint8_t ok[] = {'o', 'k'};
   EXPECT_EQ(manager.PioWrite(PioAddress(0), ok), IoStatus::kDeviceNotFound);
-  ASSERT_TRUE(manager.RegisterPio(*PioRange::Create(PioAddress(0), 10), device)
-                  .ok());
+  ASSERT_TRUE(
+      manager.RegisterPio(*PioRange::Create(PioAddress(0), 10), device).ok());
   ASSERT_TRUE(
       manager.RegisterMmio(*MmioRange::Create(MmioAddress(0), 10), device)
           .ok());

@@ -340,7 +340,8 @@ class Harness {
       for (const Window& win : windows_[bus]) {
         for (size_t len : {1, 2, 4, 8}) {
           points.push_back({win.base, len});
-          if (win.last() >= len - 1) points.push_back({win.last() - (len - 1), len});
+          if (win.last() >= len - 1)
+            points.push_back({win.last() - (len - 1), len});
           points.push_back({win.last(), len});  // crosses out unless len 1
           if (win.base > 0) points.push_back({win.base - 1, len});
         }
@@ -442,8 +443,9 @@ class Harness {
                             static_cast<uint16_t>(w.size)),
           devices_[slot / kWindows]);
     } else {
-      st = manager_->RegisterMmio(*MmioRange::Create(MmioAddress(w.base), w.size),
-                                  devices_[slot / kWindows]);
+      st = manager_->RegisterMmio(
+          *MmioRange::Create(MmioAddress(w.base), w.size),
+          devices_[slot / kWindows]);
     }
     log.EndRegister(clock_);
     if (!st.ok()) failures_.Add("register failed: " + st.ToString());
@@ -515,20 +517,26 @@ class Harness {
     if (two_step) {
       // Deregister, then register: a moment with neither.
       lf.BeginDeregister(clock_);
-      bool ok = bus == 0 ? manager_->DeregisterPio(
-                               PioAddress(static_cast<uint16_t>(addr))).ok()
-                         : manager_->DeregisterMmio(MmioAddress(addr)).ok();
+      bool ok =
+          bus == 0
+              ? manager_->DeregisterPio(PioAddress(static_cast<uint16_t>(addr)))
+                    .ok()
+              : manager_->DeregisterMmio(MmioAddress(addr)).ok();
       lf.EndDeregister(clock_);
       lt.BeginRegister(clock_, devices_[d]->serial());
       if (bus == 0) {
-        ok &= manager_->RegisterPio(
-                  *PioRange::Create(PioAddress(static_cast<uint16_t>(wt.base)),
+        ok &= manager_
+                  ->RegisterPio(*PioRange::Create(
+                                    PioAddress(static_cast<uint16_t>(wt.base)),
                                     static_cast<uint16_t>(wt.size)),
-                  devices_[d]).ok();
+                                devices_[d])
+                  .ok();
       } else {
-        ok &= manager_->RegisterMmio(
-                  *MmioRange::Create(MmioAddress(wt.base), wt.size),
-                  devices_[d]).ok();
+        ok &= manager_
+                  ->RegisterMmio(
+                      *MmioRange::Create(MmioAddress(wt.base), wt.size),
+                      devices_[d])
+                  .ok();
       }
       lt.EndRegister(clock_);
       if (!ok) failures_.Add("two-step move failed");
@@ -536,9 +544,10 @@ class Harness {
       lf.BeginDeregister(clock_);
       lt.BeginRegister(clock_, devices_[d]->serial());
       const absl::Status st =
-          bus == 0 ? manager_->MovePio(PioAddress(static_cast<uint16_t>(addr)),
-                                       PioAddress(static_cast<uint16_t>(wt.base)))
-                   : manager_->MoveMmio(MmioAddress(addr), MmioAddress(wt.base));
+          bus == 0
+              ? manager_->MovePio(PioAddress(static_cast<uint16_t>(addr)),
+                                  PioAddress(static_cast<uint16_t>(wt.base)))
+              : manager_->MoveMmio(MmioAddress(addr), MmioAddress(wt.base));
       lf.EndDeregister(clock_);
       lt.EndRegister(clock_);
       if (!st.ok()) failures_.Add("move failed: " + st.ToString());
@@ -557,9 +566,11 @@ class Harness {
         const Window& w = windows_[bus][slot];
         logs_[bus][slot]->BeginDeregister(clock_);
         const bool ok =
-            bus == 0 ? manager_->DeregisterPio(
-                           PioAddress(static_cast<uint16_t>(w.base))).ok()
-                     : manager_->DeregisterMmio(MmioAddress(w.base)).ok();
+            bus == 0
+                ? manager_
+                      ->DeregisterPio(PioAddress(static_cast<uint16_t>(w.base)))
+                      .ok()
+                : manager_->DeregisterMmio(MmioAddress(w.base)).ok();
         logs_[bus][slot]->EndDeregister(clock_);
         if (!ok) failures_.Add("teardown deregister failed");
         registered_[bus][slot] = false;

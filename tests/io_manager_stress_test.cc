@@ -37,7 +37,8 @@ using hotplug_harness::SlotLog;
 double StressSeconds() { return SecondsFromEnv("VM_DEVICE_STRESS_SECONDS", 3); }
 
 int ReaderThreads() {
-  return 2 * static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+  return 2 *
+         static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
 }
 
 TEST(IoManagerStress, AccessesReachOwnersWhileWriterChangesDevices) {
@@ -152,8 +153,8 @@ class SelfMovingDevice final : public DeviceMmio {
     (*logs_)[from]->BeginDeregister(*clock_);
     (*logs_)[to]->BeginRegister(*clock_, 1);
     // Inside this thread's read-side section: must neither deadlock nor wait.
-    const absl::Status s =
-        manager_->MoveMmio(MmioAddress(base.value() + 3), MmioAddress(Base(to)));
+    const absl::Status s = manager_->MoveMmio(MmioAddress(base.value() + 3),
+                                              MmioAddress(Base(to)));
     (*logs_)[from]->EndDeregister(*clock_);
     (*logs_)[to]->EndRegister(*clock_);
     if (!s.ok()) failures_->Add("MoveMmio from the handler: " + s.ToString());
@@ -184,14 +185,14 @@ TEST(IoManagerStress, HandlerMovesItsOwnRangeWhileOthersDispatch) {
   for (int k = 0; k < SelfMovingDevice::kWindows; ++k) {
     logs.push_back(std::make_unique<SlotLog>(1 << 16));
   }
-  auto dev = std::make_shared<SelfMovingDevice>(&manager, &clock, &logs,
-                                                &failures);
+  auto dev =
+      std::make_shared<SelfMovingDevice>(&manager, &clock, &logs, &failures);
   logs[0]->BeginRegister(clock, 1);
   ASSERT_TRUE(manager
-                  .RegisterMmio(*MmioRange::Create(
-                                    MmioAddress(SelfMovingDevice::Base(0)),
-                                    SelfMovingDevice::kSize),
-                                dev)
+                  .RegisterMmio(
+                      *MmioRange::Create(MmioAddress(SelfMovingDevice::Base(0)),
+                                         SelfMovingDevice::kSize),
+                      dev)
                   .ok());
   logs[0]->EndRegister(clock);
 
@@ -283,8 +284,8 @@ TEST(IoManagerStress, HandlerMovesItsOwnRangeWhileOthersDispatch) {
   // One reference here, one in the manager; none leaked by the moves.
   ASSERT_TRUE(manager.Synchronize().ok());
   EXPECT_EQ(dev.use_count(), 2);
-  ASSERT_TRUE(manager.DeregisterMmio(MmioAddress(SelfMovingDevice::Base(last)))
-                  .ok());
+  ASSERT_TRUE(
+      manager.DeregisterMmio(MmioAddress(SelfMovingDevice::Base(last))).ok());
   ASSERT_TRUE(manager.Synchronize().ok());
   EXPECT_EQ(dev.use_count(), 1);
 }

@@ -9,9 +9,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
-#include <functional>
 #include <optional>
 #include <string>
 #include <thread>
@@ -270,20 +270,19 @@ TEST(IoManager, DispatchPassesRangeBaseOffsetAndData) {
   EXPECT_EQ(io.MmioRead(MmioAddress(0xfed0'0000), absl::MakeSpan(byte)),
             IoStatus::kOk);
 
-  EXPECT_EQ(dev->log(),
-            (std::vector<Access>{
-                {false, true, 0x3f8, 2, {1, 2}},
-                {false, false, 0x3f8, 4, {0, 0, 0}},
-                {true, true, 0xfed0'0000, 0x3fc, {9, 8, 7, 6}},
-                {true, false, 0xfed0'0000, 0, {0}},
-            }));
+  EXPECT_EQ(dev->log(), (std::vector<Access>{
+                            {false, true, 0x3f8, 2, {1, 2}},
+                            {false, false, 0x3f8, 4, {0, 0, 0}},
+                            {true, true, 0xfed0'0000, 0x3fc, {9, 8, 7, 6}},
+                            {true, false, 0xfed0'0000, 0, {0}},
+                        }));
 }
 
 TEST(IoManager, FailedDispatchCallsNoDevice) {
   IoManager io;
   auto dev = std::make_shared<Recorder>();
-  ASSERT_TRUE(io.RegisterPio(Pio(0x10, 8), dev).ok());    // [0x10, 0x17]
-  ASSERT_TRUE(io.RegisterPio(Pio(0x18, 8), dev).ok());    // adjacent
+  ASSERT_TRUE(io.RegisterPio(Pio(0x10, 8), dev).ok());  // [0x10, 0x17]
+  ASSERT_TRUE(io.RegisterPio(Pio(0x18, 8), dev).ok());  // adjacent
   ASSERT_TRUE(io.RegisterPio(PioRange::Unit(PioAddress(0xffff)), dev).ok());
   ASSERT_TRUE(io.RegisterMmio(Mmio(kU64Max - 0xff, 0x100), dev).ok());
 
@@ -297,11 +296,10 @@ TEST(IoManager, FailedDispatchCallsNoDevice) {
             IoStatus::kInvalidRange);
   EXPECT_EQ(io.PioRead(PioAddress(0x10), absl::MakeSpan(big)),
             IoStatus::kInvalidAccessLength);
-  EXPECT_EQ(io.PioWrite(PioAddress(0x10), big),
-            IoStatus::kInvalidAccessLength);
-  EXPECT_EQ(io.PioWrite(PioAddress(0x10),
-                        absl::MakeConstSpan(big.data(), 65535)),
-            IoStatus::kInvalidRange);
+  EXPECT_EQ(io.PioWrite(PioAddress(0x10), big), IoStatus::kInvalidAccessLength);
+  EXPECT_EQ(
+      io.PioWrite(PioAddress(0x10), absl::MakeConstSpan(big.data(), 65535)),
+      IoStatus::kInvalidRange);
   EXPECT_EQ(io.PioRead(PioAddress(0xffff), absl::MakeSpan(four, 2)),
             IoStatus::kInvalidRange);
   EXPECT_EQ(io.MmioRead(MmioAddress(kU64Max), absl::MakeSpan(four, 2)),
@@ -549,8 +547,8 @@ TEST(IoManager, ResourcesOfOtherKindsAreSkipped) {
   EXPECT_EQ(io.stats().mmio_ranges, 0u);
 
   DeviceResources all;
-  for (const Resource& r : {Resource(MmioAddressRange{0x1000, 0x10}),
-                            Resource(LegacyIrq{4})}) {
+  for (const Resource& r :
+       {Resource(MmioAddressRange{0x1000, 0x10}), Resource(LegacyIrq{4})}) {
     all.Append(r);
   }
   ASSERT_TRUE(io.RegisterResources(dev, all.GetAllResources()).ok());
@@ -568,11 +566,11 @@ TEST(IoManager, DeregisterResourcesCountsWhatItRemoved) {
   ASSERT_TRUE(io.RegisterMmio(Mmio(0x1000, 0x1000), b).ok());
 
   const Resource resources[] = {
-      PioAddressRange{0x104, 1},          // interior: removes [0x100, 0x107]
-      LegacyIrq{4},                       // skipped
-      MmioAddressRange{0x1000, 0xdead},   // size ignored
-      PioAddressRange{0x300, 4},          // nothing there
-      PioAddressRange{0x102, 4},          // already removed above
+      PioAddressRange{0x104, 1},         // interior: removes [0x100, 0x107]
+      LegacyIrq{4},                      // skipped
+      MmioAddressRange{0x1000, 0xdead},  // size ignored
+      PioAddressRange{0x300, 4},         // nothing there
+      PioAddressRange{0x102, 4},         // already removed above
   };
   EXPECT_EQ(io.DeregisterResources(resources), 2u);
   EXPECT_FALSE(PioMapped(io, 0x100));
@@ -735,9 +733,9 @@ TEST(IoManager, FailedMoveChangesNothing) {
 
   EXPECT_EQ(io.MoveMmio(MmioAddress(0x3000), MmioAddress(0x8000)).code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(io.MoveMmio(MmioAddress(0x1000), MmioAddress(kU64Max - 0xffe))
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      io.MoveMmio(MmioAddress(0x1000), MmioAddress(kU64Max - 0xffe)).code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(io.MoveMmio(MmioAddress(0x1800), MmioAddress(0x4fff)).code(),
             absl::StatusCode::kAlreadyExists);
 
@@ -748,8 +746,8 @@ TEST(IoManager, FailedMoveChangesNothing) {
   EXPECT_FALSE(MmioMapped(io, 0x8000));
 
   // Up to the top of the MMIO space is fine.
-  ASSERT_TRUE(io.MoveMmio(MmioAddress(0x1000), MmioAddress(kU64Max - 0xfff))
-                  .ok());
+  ASSERT_TRUE(
+      io.MoveMmio(MmioAddress(0x1000), MmioAddress(kU64Max - 0xfff)).ok());
   EXPECT_TRUE(MmioMapped(io, kU64Max));
   EXPECT_FALSE(MmioMapped(io, 0x1000));
 }
@@ -771,7 +769,8 @@ TEST(IoManager, ChangesFromSeveralThreadsWhileDispatching) {
       for (uint16_t i = 0; i < 100; ++i) {
         ASSERT_TRUE(io.RegisterPio(Pio(first + 4 * i, 4), dev).ok());
       }
-      ASSERT_TRUE(io.MovePio(PioAddress(first), PioAddress(first + 0x400)).ok());
+      ASSERT_TRUE(
+          io.MovePio(PioAddress(first), PioAddress(first + 0x400)).ok());
       ASSERT_TRUE(io.DeregisterPio(PioAddress(first + 0x400)).ok());
       for (uint16_t i = 1; i < 100; ++i) {
         ASSERT_TRUE(io.DeregisterPio(PioAddress(first + 4 * i + 3)).ok());
@@ -835,14 +834,11 @@ TEST(IoManager, VisitCallsBackOnlyOnAHit) {
         EXPECT_EQ(&d, static_cast<const DeviceMmio*>(dev.get()));
       }));
   EXPECT_EQ(calls, 2);
-  EXPECT_FALSE(io.VisitPioDevice(PioAddress(0x5f),
-                                 [&](const PioRange&, const DevicePio&) {
-                                   ++calls;
-                                 }));
-  EXPECT_FALSE(io.VisitMmioDevice(MmioAddress(0x1010),
-                                  [&](const MmioRange&, const DeviceMmio&) {
-                                    ++calls;
-                                  }));
+  EXPECT_FALSE(io.VisitPioDevice(
+      PioAddress(0x5f), [&](const PioRange&, const DevicePio&) { ++calls; }));
+  EXPECT_FALSE(io.VisitMmioDevice(
+      MmioAddress(0x1010),
+      [&](const MmioRange&, const DeviceMmio&) { ++calls; }));
   EXPECT_EQ(calls, 2);
 }
 
@@ -853,7 +849,8 @@ TEST(IoManager, VisitCallsBackOnlyOnAHit) {
 // A PIO device whose write handler runs a callback (on the manager).
 class Hook final : public DevicePio {
  public:
-  explicit Hook(std::function<void()> on_write) : on_write_(std::move(on_write)) {}
+  explicit Hook(std::function<void()> on_write)
+      : on_write_(std::move(on_write)) {}
   void PioRead(PioAddress, PioAddressOffset,
                absl::Span<uint8_t> data) const override {
     std::fill(data.begin(), data.end(), 0);
@@ -888,10 +885,9 @@ TEST(IoManager, SynchronizeInsideAHandlerIsRefused) {
   EXPECT_EQ(inside.code(), absl::StatusCode::kFailedPrecondition) << inside;
 
   absl::Status in_visit = absl::UnknownError("not run");
-  EXPECT_TRUE(io.VisitPioDevice(PioAddress(0x60),
-                                [&](const PioRange&, const DevicePio&) {
-                                  in_visit = io.Synchronize();
-                                }));
+  EXPECT_TRUE(io.VisitPioDevice(
+      PioAddress(0x60),
+      [&](const PioRange&, const DevicePio&) { in_visit = io.Synchronize(); }));
   EXPECT_EQ(in_visit.code(), absl::StatusCode::kFailedPrecondition);
   // Outside again, it works.
   EXPECT_TRUE(io.Synchronize().ok());
@@ -974,9 +970,8 @@ TEST(IoManager, DeregisteredDeviceOutlivesARunningHandler) {
     mutable std::atomic<int> writes_{0};
   };
 
-  ASSERT_TRUE(io.RegisterPio(Pio(0x60, 1),
-                             std::make_shared<Blocking>(&destroyed, &entered,
-                                                        &release))
+  ASSERT_TRUE(io.RegisterPio(Pio(0x60, 1), std::make_shared<Blocking>(
+                                               &destroyed, &entered, &release))
                   .ok());
   std::thread vcpu([&] {
     const uint8_t b[] = {1};
@@ -1073,8 +1068,9 @@ TEST(IoManager, StatsCountRangesAndPublishes) {
 }
 
 template <typename M>
-  requires PioManager<M> && MmioManager<M>
-IoStatus PokeBoth(M& m, uint16_t port, uint64_t gpa, uint8_t value) {
+requires PioManager<M> && MmioManager<M> IoStatus PokeBoth(M& m, uint16_t port,
+                                                           uint64_t gpa,
+                                                           uint8_t value) {
   const uint8_t b[] = {value};
   const IoStatus s = m.PioWrite(PioAddress(port), b);
   if (s != IoStatus::kOk) return s;

@@ -46,7 +46,10 @@ class PioDev : public MutDevicePio {
   }
   void PioWrite(PioAddress base, PioAddressOffset offset,
                 absl::Span<const uint8_t> data) override {
-    seen = {base.value(), offset, {data.begin(), data.end()}, seen.reads,
+    seen = {base.value(),
+            offset,
+            {data.begin(), data.end()},
+            seen.reads,
             seen.writes + 1};
   }
   int tag = 0;
@@ -62,7 +65,10 @@ class MmioDev : public MutDeviceMmio {
   }
   void MmioWrite(MmioAddress base, MmioAddressOffset offset,
                  absl::Span<const uint8_t> data) override {
-    seen = {base.value(), offset, {data.begin(), data.end()}, seen.reads,
+    seen = {base.value(),
+            offset,
+            {data.begin(), data.end()},
+            seen.reads,
             seen.writes + 1};
   }
   Seen seen;
@@ -194,8 +200,7 @@ TEST(LockedDevice, SerializesHandlersAcrossThreads) {
   std::thread t1(hammer), t2(hammer);
   t1.join();
   t2.join();
-  EXPECT_EQ(dev->WithLock([](Tally& t) { return t.count(); }),
-            2u * kPerThread);
+  EXPECT_EQ(dev->WithLock([](Tally& t) { return t.count(); }), 2u * kPerThread);
   EXPECT_FALSE(dev->WithLock([](Tally& t) { return t.overlapped(); }));
   EXPECT_EQ(dev->refused_reentrant_accesses(), 0u);
 }
@@ -212,8 +217,8 @@ class SelfCaller final : public MutDevicePio {
   void PioWrite(PioAddress base, PioAddressOffset,
                 absl::Span<const uint8_t>) override {
     ++writes;
-    nested_read_status = io_->PioRead(base + PioAddressOffset{1},
-                                      absl::MakeSpan(nested_read));
+    nested_read_status =
+        io_->PioRead(base + PioAddressOffset{1}, absl::MakeSpan(nested_read));
     const uint8_t b[] = {9};
     nested_write_status = io_->PioWrite(base, b);
   }
@@ -343,8 +348,7 @@ class Thrower final : public MutDevicePio, public MutDeviceMmio {
     if (data[0] == 0xee) throw std::runtime_error("device fault");
     ++writes;
   }
-  void MmioRead(MmioAddress, MmioAddressOffset,
-                absl::Span<uint8_t>) override {
+  void MmioRead(MmioAddress, MmioAddressOffset, absl::Span<uint8_t>) override {
     throw std::runtime_error("mmio fault");
   }
   void MmioWrite(MmioAddress, MmioAddressOffset,
@@ -373,9 +377,8 @@ TEST(LockedDevice, ThrowingHandlerReleasesTheLockAndReachesTheCaller) {
   EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }), 1);
 
   // Another thread can take the lock too.
-  std::thread other([&] {
-    EXPECT_EQ(io.PioWrite(PioAddress(0x60), good), IoStatus::kOk);
-  });
+  std::thread other(
+      [&] { EXPECT_EQ(io.PioWrite(PioAddress(0x60), good), IoStatus::kOk); });
   other.join();
   EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }), 2);
 

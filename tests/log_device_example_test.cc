@@ -34,8 +34,7 @@ std::ostream& operator<<(std::ostream& os, absl::Span<const uint8_t> data) {
 struct LogDevice : MutDevicePio {
   void PioRead(PioAddress base, PioAddressOffset offset,
                absl::Span<uint8_t> /*data*/) override {
-    std::cout << "mut pio_read: base " << base << ", offset " << offset
-              << "\n";
+    std::cout << "mut pio_read: base " << base << ", offset " << offset << "\n";
   }
   void PioWrite(PioAddress base, PioAddressOffset offset,
                 absl::Span<const uint8_t> data) override {

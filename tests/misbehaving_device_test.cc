@@ -41,7 +41,8 @@ class HookDevice final : public DevicePio, public DeviceMmio {
   using Hook = std::function<void(uint64_t base, uint64_t offset,
                                   absl::Span<uint8_t> data)>;
 
-  explicit HookDevice(Hook hook = nullptr, std::atomic<int>* destroyed = nullptr)
+  explicit HookDevice(Hook hook = nullptr,
+                      std::atomic<int>* destroyed = nullptr)
       : hook_(std::move(hook)), destroyed_(destroyed) {}
   ~HookDevice() override {
     alive_ = false;
@@ -102,8 +103,8 @@ class HookDevice final : public DevicePio, public DeviceMmio {
 
 TEST(MisbehavingDevice, ThrowingHandlerPropagatesAndLeavesManagerUnchanged) {
   IoManager m;
-  auto thrower = std::make_shared<HookDevice>(
-      [](uint64_t, uint64_t, absl::Span<uint8_t>) {
+  auto thrower =
+      std::make_shared<HookDevice>([](uint64_t, uint64_t, absl::Span<uint8_t>) {
         throw std::runtime_error("device fault");
       });
   auto good = std::make_shared<HookDevice>();
@@ -164,9 +165,8 @@ TEST(MisbehavingDevice, ThrowingLockedDeviceReleasesItsLock) {
   EXPECT_EQ(r[0], 0x42);
   EXPECT_EQ(dev->refused_reentrant_accesses(), 0u);
   // Another thread: not blocked on a lock left held.
-  std::thread other([&] {
-    EXPECT_EQ(m.PioWrite(PioAddress(0x42), w), IoStatus::kOk);
-  });
+  std::thread other(
+      [&] { EXPECT_EQ(m.PioWrite(PioAddress(0x42), w), IoStatus::kOk); });
   other.join();
   EXPECT_EQ(dev->WithLock([](ThrowingMut& d) { return d.writes; }), 2);
   EXPECT_TRUE(m.Synchronize().ok());
@@ -193,7 +193,8 @@ TEST(MisbehavingDevice, SlowHandlerDelaysNeitherOtherDevicesNorWriters) {
 
   std::thread vcpu0([&] {
     uint8_t b[4];
-    EXPECT_EQ(m.MmioRead(MmioAddress(0x1000), absl::MakeSpan(b)), IoStatus::kOk);
+    EXPECT_EQ(m.MmioRead(MmioAddress(0x1000), absl::MakeSpan(b)),
+              IoStatus::kOk);
   });
   entered.WaitForNotification();
 
@@ -226,9 +227,10 @@ TEST(MisbehavingDevice, SlowHandlerDelaysNeitherOtherDevicesNorWriters) {
   EXPECT_FALSE(in_slow.load());
   vcpu0.join();
 
-  std::printf("worst other-device dispatch %.3f ms, register %.3f ms, "
-              "deregister %.3f ms, during a 50 ms handler\n",
-              worst_dispatch_ms, register_ms, deregister_ms);
+  std::printf(
+      "worst other-device dispatch %.3f ms, register %.3f ms, "
+      "deregister %.3f ms, during a 50 ms handler\n",
+      worst_dispatch_ms, register_ms, deregister_ms);
   EXPECT_TRUE(overlapped) << "the measurements did not overlap the handler";
   EXPECT_LT(worst_dispatch_ms, 25.0);
   EXPECT_LT(register_ms, 25.0);
@@ -250,8 +252,8 @@ struct SelfCaller : MutDevicePio {
   void PioWrite(PioAddress base, PioAddressOffset,
                 absl::Span<const uint8_t>) override {
     uint8_t b[1] = {0};
-    nested_status = manager->PioRead(PioAddress(base.value() + 1),
-                                     absl::MakeSpan(b));
+    nested_status =
+        manager->PioRead(PioAddress(base.value() + 1), absl::MakeSpan(b));
     nested_read = b[0];
   }
 };
@@ -426,7 +428,8 @@ class SyncOnDestroy final : public DevicePio {
  public:
   SyncOnDestroy(const IoManager* m, absl::Status* out) : m_(m), out_(out) {}
   ~SyncOnDestroy() override { *out_ = m_->Synchronize(); }
-  void PioRead(PioAddress, PioAddressOffset, absl::Span<uint8_t>) const override {}
+  void PioRead(PioAddress, PioAddressOffset,
+               absl::Span<uint8_t>) const override {}
   void PioWrite(PioAddress, PioAddressOffset,
                 absl::Span<const uint8_t>) const override {}
 

@@ -50,7 +50,8 @@ TEST(RangeSearch, EveryNodeVisitedOnceInSortedOrder) {
 
 // Checks EytzingerFloor against FindFloor on `sorted` for the probes.
 template <typename V>
-void ExpectSameFloors(const std::vector<V>& sorted, const std::vector<V>& probes) {
+void ExpectSameFloors(const std::vector<V>& sorted,
+                      const std::vector<V>& probes) {
   const size_t n = sorted.size();
   std::vector<V> eytz(n + 1, 0);
   std::vector<size_t> rank(n + 1, 0);
@@ -80,8 +81,8 @@ TEST(RangeSearch, EytzingerMatchesBinarySearchForEverySize) {
       sorted.push_back(next);
       next += 1 + rng() % 9;
     }
-    std::vector<uint64_t> probes = {0, 4, 5, 6, next, next + 1,
-                                    std::numeric_limits<uint64_t>::max()};
+    std::vector<uint64_t> probes = {
+        0, 4, 5, 6, next, next + 1, std::numeric_limits<uint64_t>::max()};
     for (uint64_t s : sorted) {
       probes.push_back(s);
       probes.push_back(s - 1);
@@ -112,7 +113,8 @@ TEST(RangeSearch, LargeTablesUseThePrefetchingPathCorrectly) {
     for (int i = 0; i < 5000; ++i) probes.push_back(rng() % (next + 10));
     ExpectSameFloors(sorted, probes);
     std::vector<uint16_t> small;
-    for (size_t i = 0; i < n && i < 60000; ++i) small.push_back(uint16_t(i * 13 % 65536));
+    for (size_t i = 0; i < n && i < 60000; ++i)
+      small.push_back(uint16_t(i * 13 % 65536));
     std::sort(small.begin(), small.end());
     small.erase(std::unique(small.begin(), small.end()), small.end());
     std::vector<uint16_t> pprobes;

@@ -42,8 +42,8 @@ TEST(DeviceResources, GetMmioAddressRanges) {
   const std::vector<std::pair<uint64_t, uint64_t>> mmio =
       CrateFixture().GetMmioAddressRanges();
   ASSERT_EQ(mmio.size(), 1u);
-  EXPECT_EQ(mmio[0], std::make_pair(uint64_t{0x1234'5678},
-                                    uint64_t{0x8765'4321}));
+  EXPECT_EQ(mmio[0],
+            std::make_pair(uint64_t{0x1234'5678}, uint64_t{0x8765'4321}));
 }
 
 TEST(DeviceResources, GetLegacyIrq) {
@@ -183,9 +183,9 @@ TEST(ResourceConstraint, ConstructorsMatchTheCrate) {
 
   const auto irq = std::get<LegacyIrqConstraint>(NewLegacyIrqConstraint(0x123));
   EXPECT_EQ(irq.irq, 0x123u);
-  EXPECT_EQ(std::get<LegacyIrqConstraint>(NewLegacyIrqConstraint(std::nullopt))
-                .irq,
-            std::nullopt);
+  EXPECT_EQ(
+      std::get<LegacyIrqConstraint>(NewLegacyIrqConstraint(std::nullopt)).irq,
+      std::nullopt);
 
   // Size first, then slot, as in the crate.
   const auto slot =
@@ -211,9 +211,8 @@ TEST(ResourceConstraint, DefaultsOfTheStructs) {
 }
 
 TEST(ResourceConstraint, IrqVectorKindsAreLiterals) {
-  const ResourceConstraint c[] = {PciMsiIrqConstraint{4},
-                                  PciMsixIrqConstraint{8},
-                                  GenericIrqConstraint{2}};
+  const ResourceConstraint c[] = {
+      PciMsiIrqConstraint{4}, PciMsixIrqConstraint{8}, GenericIrqConstraint{2}};
   EXPECT_EQ(std::get<PciMsiIrqConstraint>(c[0]).size, 4u);
   EXPECT_EQ(std::get<PciMsixIrqConstraint>(c[1]).size, 8u);
   EXPECT_EQ(std::get<GenericIrqConstraint>(c[2]).size, 2u);
@@ -226,8 +225,8 @@ TEST(ResourceConstraint, NothingIsValidated) {
       PioWithConstraints(0, std::make_pair(uint16_t{9}, uint16_t{1}), 3));
   EXPECT_EQ(pio, (PioAddressConstraint{std::make_pair(uint16_t{9}, uint16_t{1}),
                                        3, 0}));
-  const auto mmio = std::get<MmioAddressConstraint>(
-      MmioWithConstraints(7, std::nullopt, 0));
+  const auto mmio =
+      std::get<MmioAddressConstraint>(MmioWithConstraints(7, std::nullopt, 0));
   EXPECT_EQ(mmio.align, 0u);
   EXPECT_EQ(mmio.size, 7u);
 }

@@ -37,8 +37,9 @@ std::string WriteFile(absl::string_view name, absl::string_view contents,
   if (gzip) {
     gzFile f = gzopen(path.c_str(), "wb");
     EXPECT_NE(f, nullptr);
-    EXPECT_EQ(gzwrite(f, contents.data(), static_cast<unsigned>(contents.size())),
-              static_cast<int>(contents.size()));
+    EXPECT_EQ(
+        gzwrite(f, contents.data(), static_cast<unsigned>(contents.size())),
+        static_cast<int>(contents.size()));
     EXPECT_EQ(gzclose(f), Z_OK);
   } else {
     FILE* f = std::fopen(path.c_str(), "wb");
@@ -173,8 +174,10 @@ TEST(TraceFormat, LoadsAGzippedTrace) {
 
 TEST(TraceFormat, ReadsLinesLongerThanItsBuffer) {
   const std::string name(10000, 'n');
-  const std::string map_text = absl::StrCat("mmio\t0x1000\t0x1fff\t", name, "\n");
-  absl::StatusOr<DeviceMap> map = LoadDeviceMap(WriteFile("long.tsv", map_text));
+  const std::string map_text =
+      absl::StrCat("mmio\t0x1000\t0x1fff\t", name, "\n");
+  absl::StatusOr<DeviceMap> map =
+      LoadDeviceMap(WriteFile("long.tsv", map_text));
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_EQ(map->names.size(), 1u);
   EXPECT_EQ(map->names[0], name);
@@ -238,10 +241,10 @@ TEST(TraceFormat, BadMapLinesNameFileAndLine) {
   };
   for (const BadLine& c : cases) {
     SCOPED_TRACE(c.line);
-    const std::string path = WriteFile(
-        "bad_map.tsv", absl::StrCat("pio\t0x20\t0x21\tpic\n"
-                                    "mmio\t0x1000\t0x1fff\tram-ish\n",
-                                    c.line, "\n"));
+    const std::string path =
+        WriteFile("bad_map.tsv", absl::StrCat("pio\t0x20\t0x21\tpic\n"
+                                              "mmio\t0x1000\t0x1fff\tram-ish\n",
+                                              c.line, "\n"));
     absl::StatusOr<DeviceMap> map = LoadDeviceMap(path);
     ASSERT_FALSE(map.ok());
     EXPECT_EQ(map.status().code(), absl::StatusCode::kInvalidArgument);
@@ -279,10 +282,10 @@ TEST(TraceFormat, BadTraceLinesNameFileAndLine) {
   };
   for (const BadLine& c : cases) {
     SCOPED_TRACE(c.line);
-    const std::string path =
-        WriteFile("bad_trace.tsv", absl::StrCat("# header\n"
-                                                "0\tpio\tw\t0x20\t1\t0x11\tpic\n",
-                                                c.line, "\n"));
+    const std::string path = WriteFile(
+        "bad_trace.tsv", absl::StrCat("# header\n"
+                                      "0\tpio\tw\t0x20\t1\t0x11\tpic\n",
+                                      c.line, "\n"));
     absl::StatusOr<std::vector<Access>> t = LoadTrace(path, map);
     if (c.why == nullptr) {
       EXPECT_TRUE(t.ok()) << t.status();
@@ -308,10 +311,11 @@ TEST(TraceFormat, CorruptGzipIsAnError) {
 
 TEST(TraceFormat, ResolveDataPathLooksInTheRunfilesTree) {
   const std::string root = absl::StrCat(TempDir(), "/fake_runfiles");
-  ASSERT_EQ(std::system(absl::StrCat("mkdir -p ", root, "/vm_device/some/dir")
-                            .c_str()),
+  ASSERT_EQ(std::system(
+                absl::StrCat("mkdir -p ", root, "/vm_device/some/dir").c_str()),
             0);
-  const std::string file = WriteFile("fake_runfiles/vm_device/some/dir/f.tsv", "");
+  const std::string file =
+      WriteFile("fake_runfiles/vm_device/some/dir/f.tsv", "");
   const char* old = std::getenv("TEST_SRCDIR");
   const std::string saved = old != nullptr ? old : "";
   ASSERT_EQ(setenv("TEST_SRCDIR", root.c_str(), 1), 0);

@@ -157,9 +157,9 @@ Replay& TheReplay() {
       const uint64_t size = range.last - range.first + 1;
       absl::Status s;
       if (range.bus == BusKind::kPio) {
-        absl::StatusOr<PioRange> pr = PioRange::Create(
-            PioAddress(static_cast<uint16_t>(range.first)),
-            static_cast<PioAddressOffset>(size));
+        absl::StatusOr<PioRange> pr =
+            PioRange::Create(PioAddress(static_cast<uint16_t>(range.first)),
+                             static_cast<PioAddressOffset>(size));
         s = pr.ok() ? r->manager.RegisterPio(*pr, dev) : pr.status();
       } else {
         absl::StatusOr<MmioRange> mr =
@@ -209,10 +209,10 @@ struct Failures {
   std::vector<std::string> first;
   void Add(size_t row, const Access& a, const std::string& what) {
     if (++count <= 10) {
-      first.push_back(absl::StrFormat(
-          "row %d (vcpu %d, %s %s 0x%x size %d): %s", row, a.vcpu,
-          a.bus == BusKind::kPio ? "pio" : "mmio", a.write ? "w" : "r",
-          a.addr, a.size, what));
+      first.push_back(
+          absl::StrFormat("row %d (vcpu %d, %s %s 0x%x size %d): %s", row,
+                          a.vcpu, a.bus == BusKind::kPio ? "pio" : "mmio",
+                          a.write ? "w" : "r", a.addr, a.size, what));
     }
   }
 };
@@ -231,8 +231,9 @@ Failures ReplayRows(const Replay& r, absl::Span<const size_t> rows) {
     obs = Observation{};
     const IoStatus s = Dispatch(r.manager, a, buf);
     if (s != e.status) {
-      f.Add(i, a, absl::StrCat("status ", std::string(IoStatusName(s)), ", expected ",
-                               std::string(IoStatusName(e.status))));
+      f.Add(i, a,
+            absl::StrCat("status ", std::string(IoStatusName(s)), ", expected ",
+                         std::string(IoStatusName(e.status))));
       continue;
     }
     if (s != IoStatus::kOk) {
@@ -240,17 +241,18 @@ Failures ReplayRows(const Replay& r, absl::Span<const size_t> rows) {
       continue;
     }
     if (obs.device != a.device) {
-      f.Add(i, a, absl::StrCat("reached device ", obs.device, ", expected ",
-                               a.device, " (", r.map.names[a.device], ")"));
+      f.Add(i, a,
+            absl::StrCat("reached device ", obs.device, ", expected ", a.device,
+                         " (", r.map.names[a.device], ")"));
       continue;
     }
     if (obs.bus != a.bus || obs.write != a.write || obs.size != a.size) {
       f.Add(i, a, "wrong bus, direction or size");
     }
     if (obs.base != e.base || obs.offset != a.addr - e.base) {
-      f.Add(i, a, absl::StrFormat("base 0x%x offset 0x%x, expected 0x%x 0x%x",
-                                  obs.base, obs.offset, e.base,
-                                  a.addr - e.base));
+      f.Add(i, a,
+            absl::StrFormat("base 0x%x offset 0x%x, expected 0x%x 0x%x",
+                            obs.base, obs.offset, e.base, a.addr - e.base));
     }
     if (a.write) {
       const uint64_t mask =

@@ -117,10 +117,10 @@ struct Counts {
 
   void Problem(const Access& a, size_t row, const std::string& what) {
     if (problems.size() < 10) {
-      problems.push_back(absl::StrFormat(
-          "row %d: vcpu %d %s %s 0x%x size %d: %s", row, a.vcpu,
-          a.bus == BusKind::kPio ? "pio" : "mmio", a.write ? "w" : "r", a.addr,
-          a.size, what));
+      problems.push_back(
+          absl::StrFormat("row %d: vcpu %d %s %s 0x%x size %d: %s", row, a.vcpu,
+                          a.bus == BusKind::kPio ? "pio" : "mmio",
+                          a.write ? "w" : "r", a.addr, a.size, what));
     }
   }
 };
@@ -155,9 +155,9 @@ void ReplayRows(const IoManager& manager, const DeviceMap& map,
         ++counts->no_device_expected;
       } else {
         ++counts->no_device_unexpected;
-        counts->Problem(a, i, absl::StrCat(std::string(IoStatusName(s)),
-                                           ", expected ",
-                                           map.names[e.device]));
+        counts->Problem(a, i,
+                        absl::StrCat(std::string(IoStatusName(s)),
+                                     ", expected ", map.names[e.device]));
       }
     } else if (obs.device == e.device && obs.base == e.base &&
                obs.offset == a.addr - e.base) {
@@ -169,10 +169,10 @@ void ReplayRows(const IoManager& manager, const DeviceMap& map,
           absl::StrFormat("reached %s (base 0x%x, offset 0x%x), expected %s",
                           obs.device < 0 ? "nothing" : map.names[obs.device],
                           obs.base, obs.offset,
-                          e.device < 0 ? std::string("no device")
-                                       : absl::StrFormat("%s at base 0x%x",
-                                                         map.names[e.device],
-                                                         e.base)));
+                          e.device < 0
+                              ? std::string("no device")
+                              : absl::StrFormat("%s at base 0x%x",
+                                                map.names[e.device], e.base)));
     }
   }
   tls_observation = nullptr;
@@ -220,7 +220,8 @@ int Main() {
 
   absl::StatusOr<DeviceMap> map = LoadDeviceMap(map_path);
   if (!map.ok()) {
-    std::fprintf(stderr, "replay: %s\n", std::string(map.status().message()).c_str());
+    std::fprintf(stderr, "replay: %s\n",
+                 std::string(map.status().message()).c_str());
     return kExitBadInput;
   }
   absl::StatusOr<std::vector<Access>> accesses = LoadTrace(trace_path, *map);

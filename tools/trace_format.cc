@@ -226,9 +226,10 @@ absl::StatusOr<DeviceMap> LoadDeviceMap(const std::string& path) {
     absl::string_view f[kMaxFields];
     const size_t fields = SplitTabs(line, f);
     if (fields != 4) {
-      return in.Error(absl::StrCat("expected 4 TAB-separated fields (bus, "
-                                   "first, last, name), found ",
-                                   fields));
+      return in.Error(
+          absl::StrCat("expected 4 TAB-separated fields (bus, "
+                       "first, last, name), found ",
+                       fields));
     }
     const std::optional<BusKind> bus = ParseBus(f[0]);
     if (!bus) {
@@ -237,17 +238,17 @@ absl::StatusOr<DeviceMap> LoadDeviceMap(const std::string& path) {
     }
     const std::optional<uint64_t> first = ParseHex(f[1]);
     if (!first) {
-      return in.Error(absl::StrCat("bad hex address ", Quote(f[1]),
-                                   " in column 'first'"));
+      return in.Error(
+          absl::StrCat("bad hex address ", Quote(f[1]), " in column 'first'"));
     }
     const std::optional<uint64_t> last = ParseHex(f[2]);
     if (!last) {
-      return in.Error(absl::StrCat("bad hex address ", Quote(f[2]),
-                                   " in column 'last'"));
+      return in.Error(
+          absl::StrCat("bad hex address ", Quote(f[2]), " in column 'last'"));
     }
     if (*first > *last) {
-      return in.Error(absl::StrCat("first ", f[1], " is greater than last ",
-                                   f[2]));
+      return in.Error(
+          absl::StrCat("first ", f[1], " is greater than last ", f[2]));
     }
     if (*bus == BusKind::kPio && *last > 0xffff) {
       return in.Error(absl::StrCat("pio range ends at ", f[2],
@@ -334,8 +335,8 @@ absl::StatusOr<std::vector<Access>> LoadTrace(const std::string& path,
     const std::optional<uint64_t> addr = ParseHex(f[3]);
     if (!addr) return in.Error(absl::StrCat("bad hex address ", Quote(f[3])));
     if (a.bus == BusKind::kPio && *addr > 0xffff) {
-      return in.Error(absl::StrCat("pio address ", f[3],
-                                   " is past the last port 0xffff"));
+      return in.Error(
+          absl::StrCat("pio address ", f[3], " is past the last port 0xffff"));
     }
     a.addr = *addr;
     const std::optional<int64_t> size = ParseDecimal(f[4]);
@@ -358,8 +359,8 @@ absl::StatusOr<std::vector<Access>> LoadTrace(const std::string& path,
       const MapRange* r = lookup.Find(a.bus, a.addr);
       if (r == nullptr || r->name != f[6]) {
         return in.Error(absl::StrCat(
-            "address ", f[3], " is not inside a ", BusName(a.bus),
-            " range of ", Quote(f[6]),
+            "address ", f[3], " is not inside a ", BusName(a.bus), " range of ",
+            Quote(f[6]),
             r == nullptr ? std::string(" (no range holds it)")
                          : absl::StrCat(" (it is in ", Quote(r->name),
                                         ", line ", r->line, " of the map)")));

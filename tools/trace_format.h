@@ -90,10 +90,10 @@ struct DeviceMap {
 //
 // One row of the trace.
 struct Access {
-  int32_t vcpu;    // -1 = a device (MSI)
+  int32_t vcpu;  // -1 = a device (MSI)
   BusKind bus;
   bool write;
-  uint8_t size;    // 1..8 bytes as recorded
+  uint8_t size;  // 1..8 bytes as recorded
   uint64_t addr;
   uint64_t value;
   int32_t device;  // index into DeviceMap::names, or -1 for '-' (no device)

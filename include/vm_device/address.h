@@ -8,15 +8,17 @@
 //   * `PioAddress`  - x86 port I/O, 16-bit ports (0x0000 .. 0xffff).
 //   * `MmioAddress` - memory-mapped I/O, 64-bit guest-physical addresses.
 //
-// Each address type has an offset type (`PioAddressOffset`, `MmioAddressOffset`)
-// that is also the size type of ranges on that bus: an address plus an offset
-// is an address, an address minus an address is an offset.
+// Each address type has an offset type (`PioAddressOffset`,
+// `MmioAddressOffset`) that is also the size type of ranges on that bus: an
+// address plus an offset is an address, an address minus an address is an
+// offset.
 //
 // Example:
 //
 //   vm_device::PioAddress port(0x3f8);
-//   vm_device::PioAddressOffset off = vm_device::PioAddress(0x3fd) - port;  // 5
-//   std::optional<vm_device::PioAddress> p = port.CheckedAdd(0xffff);      // nullopt
+//   vm_device::PioAddressOffset off = vm_device::PioAddress(0x3fd) - port;  //
+//   5 std::optional<vm_device::PioAddress> p = port.CheckedAdd(0xffff);      //
+//   nullopt
 //
 // Thread safety: values; copy freely between threads.
 // Progress: every operation is constant time and never blocks.

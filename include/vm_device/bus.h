@@ -97,7 +97,8 @@ class Bus {
     slots_.reserve(slots_.size() + 1);
     // No reallocation, and D moves without throwing: nothing below throws.
     bases_.insert(bases_.begin() + at, range.base().value());
-    slots_.insert(slots_.begin() + at, Slot{range.last().value(), std::move(device)});
+    slots_.insert(slots_.begin() + at,
+                  Slot{range.last().value(), std::move(device)});
     return absl::OkStatus();
   }
 
@@ -139,8 +140,9 @@ class Bus {
   //      past the top of the address space)
   //   3. one range holds the whole access  -> else kDeviceNotFound
   // On kOk, and when `entry` is not null, stores the range and device there.
-  IoStatus CheckAccess(A addr, size_t len,
-                       std::optional<BusEntry<A, const D>>* entry = nullptr) const {
+  IoStatus CheckAccess(
+      A addr, size_t len,
+      std::optional<BusEntry<A, const D>>* entry = nullptr) const {
     Value access_last;
     const IoStatus shape =
         range_search_internal::CheckAccessShape(addr, len, &access_last);
@@ -149,7 +151,8 @@ class Bus {
     if (i == kNone || slots_[i].last < access_last) {
       return IoStatus::kDeviceNotFound;
     }
-    if (entry != nullptr) entry->emplace(BusEntry<A, const D>{RangeAt(i), &slots_[i].device});
+    if (entry != nullptr)
+      entry->emplace(BusEntry<A, const D>{RangeAt(i), &slots_[i].device});
     return IoStatus::kOk;
   }
 
@@ -180,9 +183,9 @@ class Bus {
   // The error Register returns when `range` overlaps the registered range
   // `existing`.
   static absl::Status OverlapError(Range range, Range existing) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        range.ToString(), " overlaps ", existing.ToString(),
-        ", which is already registered"));
+    return absl::AlreadyExistsError(
+        absl::StrCat(range.ToString(), " overlaps ", existing.ToString(),
+                     ", which is already registered"));
   }
 
   // Bus::Reserve()

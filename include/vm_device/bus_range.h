@@ -72,7 +72,8 @@ class BusRange {
   //
   // Whether `Create(base, size)` would succeed.
   static constexpr bool IsValid(A base, Value size) {
-    return size != 0 && base.CheckedAdd(static_cast<Value>(size - 1)).has_value();
+    return size != 0 &&
+           base.CheckedAdd(static_cast<Value>(size - 1)).has_value();
   }
 
   // BusRange::InvalidRangeError()
@@ -80,9 +81,9 @@ class BusRange {
   // The error `Create(base, size)` returns for an invalid range.
   static absl::Status InvalidRangeError(A base, Value size) {
     if (size == 0) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "invalid %s range: size 0 at base 0x%x", A::kBusName,
-          static_cast<uint64_t>(base.value())));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid %s range: size 0 at base 0x%x", A::kBusName,
+                          static_cast<uint64_t>(base.value())));
     }
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid %s range: base 0x%x size 0x%x runs past the last address 0x%x",

@@ -12,7 +12,8 @@
 //   struct LogDevice : vm_device::MutDevicePio {
 //     void PioRead(vm_device::PioAddress base, vm_device::PioAddressOffset off,
 //                  absl::Span<uint8_t>) override { ... }
-//     void PioWrite(vm_device::PioAddress base, vm_device::PioAddressOffset off,
+//     void PioWrite(vm_device::PioAddress base, vm_device::PioAddressOffset
+//     off,
 //                   absl::Span<const uint8_t> data) override { ... }
 //   };
 //
@@ -161,7 +162,8 @@ class RangeTable;
 //   vm_device::IoBatch batch;
 //   batch.RemoveMmio(old_bar_base);
 //   batch.AddMmio(new_bar_range, device);
-//   absl::StatusOr<vm_device::IoBatch::Removed> r = manager.Commit(std::move(batch));
+//   absl::StatusOr<vm_device::IoBatch::Removed> r =
+//   manager.Commit(std::move(batch));
 //
 // Thread safety: a plain value; build it on one thread.
 class IoBatch {
@@ -221,10 +223,10 @@ class IoBatch {
 //
 // Writer-side counters, for monitoring and benchmarks.
 struct IoManagerStats {
-  size_t pio_ranges = 0;       // ranges registered on each bus now
+  size_t pio_ranges = 0;  // ranges registered on each bus now
   size_t mmio_ranges = 0;
-  uint64_t publishes = 0;      // snapshots published since construction
-  size_t snapshot_bytes = 0;   // size of the current snapshot, header included
+  uint64_t publishes = 0;     // snapshots published since construction
+  size_t snapshot_bytes = 0;  // size of the current snapshot, header included
 };
 
 class IoManager {
@@ -349,9 +351,9 @@ class IoManager {
   template <typename T>
   absl::Status RegisterResources(std::shared_ptr<T> device,
                                  absl::Span<const Resource> resources) {
-    static_assert(std::is_base_of_v<DevicePio, T> ||
-                      std::is_base_of_v<DeviceMmio, T>,
-                  "RegisterResources needs a DevicePio and/or DeviceMmio");
+    static_assert(
+        std::is_base_of_v<DevicePio, T> || std::is_base_of_v<DeviceMmio, T>,
+        "RegisterResources needs a DevicePio and/or DeviceMmio");
     std::shared_ptr<DevicePio> pio;
     std::shared_ptr<DeviceMmio> mmio;
     if constexpr (std::is_base_of_v<DevicePio, T>) pio = device;
@@ -422,9 +424,9 @@ concept PioManager = requires(M& m, const M& cm, PioAddress a, PioRange r,
                               absl::Span<const uint8_t> out) {
   { cm.PioRead(a, in) } -> std::same_as<IoStatus>;
   { cm.PioWrite(a, out) } -> std::same_as<IoStatus>;
-  { cm.PioDevice(a) };
+  {cm.PioDevice(a)};
   { m.RegisterPio(r, d) } -> std::same_as<absl::Status>;
-  { m.DeregisterPio(a) };
+  {m.DeregisterPio(a)};
 };
 
 template <typename M>
@@ -434,9 +436,9 @@ concept MmioManager = requires(M& m, const M& cm, MmioAddress a, MmioRange r,
                                absl::Span<const uint8_t> out) {
   { cm.MmioRead(a, in) } -> std::same_as<IoStatus>;
   { cm.MmioWrite(a, out) } -> std::same_as<IoStatus>;
-  { cm.MmioDevice(a) };
+  {cm.MmioDevice(a)};
   { m.RegisterMmio(r, d) } -> std::same_as<absl::Status>;
-  { m.DeregisterMmio(a) };
+  {m.DeregisterMmio(a)};
 };
 
 static_assert(PioManager<IoManager> && MmioManager<IoManager>);

@@ -30,11 +30,11 @@
 
 namespace vm_device {
 
-enum class [[nodiscard]] IoStatus : uint8_t {
-  kOk = 0,
-  kDeviceNotFound = 1,
-  kInvalidAccessLength = 2,
-  kInvalidRange = 3,
+enum class [[nodiscard]] IoStatus : uint8_t{
+    kOk = 0,
+    kDeviceNotFound = 1,
+    kInvalidAccessLength = 2,
+    kInvalidRange = 3,
 };
 
 // IoStatusName()

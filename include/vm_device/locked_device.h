@@ -25,8 +25,8 @@
 // instead: the nested access is refused (a read returns all-ones bytes, the
 // value of an open bus; a write is dropped), `refused_reentrant_accesses()`
 // counts it, and the outer access carries on. The nested dispatch itself
-// reports IoStatus::kOk (it did reach a device); the counter is how to tell. Accesses from other threads just
-// wait for the lock, as they should.
+// reports IoStatus::kOk (it did reach a device); the counter is how to tell.
+// Accesses from other threads just wait for the lock, as they should.
 //
 // Exceptions. A handler that throws releases the lock on the way out; the
 // exception reaches the caller of the dispatch (see io_manager.h).
@@ -185,7 +185,8 @@ class alignas(ABSL_CACHELINE_SIZE) LockedDevice final
     call(device_);
   }
 
-  ABSL_ATTRIBUTE_NOINLINE void RefuseReentrant(absl::Span<uint8_t> read_data) const {
+  ABSL_ATTRIBUTE_NOINLINE void RefuseReentrant(
+      absl::Span<uint8_t> read_data) const {
     std::fill(read_data.begin(), read_data.end(), uint8_t{0xff});
     // relaxed: a statistic; it orders nothing.
     refused_.fetch_add(1, std::memory_order_relaxed);

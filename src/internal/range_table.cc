@@ -13,7 +13,9 @@ namespace {
 
 constexpr size_t kAlign = 64;  // a cache line
 
-constexpr size_t RoundUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+constexpr size_t RoundUp(size_t n) {
+  return (n + kAlign - 1) / kAlign * kAlign;
+}
 
 template <typename T>
 size_t ArrayBytes(size_t n) {
@@ -34,8 +36,8 @@ void Fill(const Bus<A, std::shared_ptr<D>>& bus, BusTable<A, D>* table,
       bus.size(), [&](size_t node, size_t i) {
         const BusEntry<A, const std::shared_ptr<D>> e = bus.At(i);
         new (&k[node]) typename Table::Value(e.range.base().value());
-        new (&s[node]) typename Table::Slot{e.range.last().value(),
-                                            e.device->get()};
+        new (&s[node])
+            typename Table::Slot{e.range.last().value(), e.device->get()};
       });
   table->keys = k;
   table->slots = s;

@@ -51,12 +51,12 @@
 // Progress
 // --------
 // Lookup and dispatch: wait-free. Entering and leaving the read side is a
-// thread-local counter update; the search takes floor(log2 n) + 1 steps; nothing
-// loops on other threads. The device handler itself is the device's business
-// (a `LockedDevice` blocks on its own lock).
-// Commit: blocking (the writer mutex), O(n + k) for a batch of k changes on
-// n ranges; never waits for a grace period (reclamation is queued with
-// call_rcu), so it is safe inside a handler.
+// thread-local counter update; the search takes floor(log2 n) + 1 steps;
+// nothing loops on other threads. The device handler itself is the device's
+// business (a `LockedDevice` blocks on its own lock). Commit: blocking (the
+// writer mutex), O(n + k) for a batch of k changes on n ranges; never waits for
+// a grace period (reclamation is queued with call_rcu), so it is safe inside a
+// handler.
 //
 // Thread safety: a built table is immutable; any number of threads may read
 // it. Build() is called by the writer under the writer mutex.

@@ -118,9 +118,7 @@ void UnregisterForScope() {
 #endif
 }
 
-bool InReadSection() {
-  return IsRegistered() && urcu_memb_read_ongoing() != 0;
-}
+bool InReadSection() { return IsRegistered() && urcu_memb_read_ongoing() != 0; }
 
 bool OnReclaimThread() {
   // The default call_rcu helper is the only one this library uses.
@@ -137,8 +135,7 @@ void Retire(std::unique_ptr<Retired> r) {
   // A: whatever this thread wrote into `raw` is visible to Reclaim (B). The
   // hand-over through liburcu's queue is invisible to TSan.
   GraceRelease();
-  urcu_memb_call_rcu(reinterpret_cast<rcu_head*>(raw->rcu_node.head),
-                     &Reclaim);
+  urcu_memb_call_rcu(reinterpret_cast<rcu_head*>(raw->rcu_node.head), &Reclaim);
 }
 
 void WaitForReaders() {

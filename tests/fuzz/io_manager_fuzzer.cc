@@ -35,9 +35,9 @@ namespace {
   std::abort();
 }
 
-#define FUZZ_CHECK(cond, what)                                     \
-  do {                                                             \
-    if (!(cond)) Diverge(std::string(#cond) + ": " + (what));      \
+#define FUZZ_CHECK(cond, what)                                \
+  do {                                                        \
+    if (!(cond)) Diverge(std::string(#cond) + ": " + (what)); \
   } while (0)
 
 // ---------------------------------------------------------------------------
@@ -170,15 +170,16 @@ struct Model {
 class Run {
  public:
   Run() : devices_(Devices()), manager_(Manager()) {
-    FUZZ_CHECK(manager_->stats().pio_ranges == 0 &&
-                   manager_->stats().mmio_ranges == 0,
-               "a run did not start from an empty manager");
+    FUZZ_CHECK(
+        manager_->stats().pio_ranges == 0 && manager_->stats().mmio_ranges == 0,
+        "a run did not start from an empty manager");
   }
 
   ~Run() {
     for (const auto& [base, e] : model_.pio.ranges) {
-      FUZZ_CHECK(manager_->DeregisterPio(PioAddress(static_cast<uint16_t>(base))).ok(),
-                 "cleanup");
+      FUZZ_CHECK(
+          manager_->DeregisterPio(PioAddress(static_cast<uint16_t>(base))).ok(),
+          "cleanup");
     }
     for (const auto& [base, e] : model_.mmio.ranges) {
       FUZZ_CHECK(manager_->DeregisterMmio(MmioAddress(base)).ok(), "cleanup");
@@ -199,18 +200,42 @@ class Run {
     const uint8_t op = in.U8();
     const bool pio = (op & 0x80) != 0;
     switch ((op & 0x7f) % 12) {
-      case 0: Register(in, pio); break;
-      case 1: Deregister(in, pio); break;
-      case 2: Move(in, pio); break;
-      case 3: Access(in, pio, /*write=*/false); break;
-      case 4: Access(in, pio, /*write=*/true); break;
-      case 5: Lookup(in, pio); break;
-      case 6: Batch(in); break;
-      case 7: RegisterResources(in); break;
-      case 8: DeregisterResources(in); break;
-      case 9: Access(in, pio, (op & 1) != 0); break;
-      case 10: RegisterMany(in, pio); break;
-      case 11: CheckRangeFactory(in, pio); break;
+      case 0:
+        Register(in, pio);
+        break;
+      case 1:
+        Deregister(in, pio);
+        break;
+      case 2:
+        Move(in, pio);
+        break;
+      case 3:
+        Access(in, pio, /*write=*/false);
+        break;
+      case 4:
+        Access(in, pio, /*write=*/true);
+        break;
+      case 5:
+        Lookup(in, pio);
+        break;
+      case 6:
+        Batch(in);
+        break;
+      case 7:
+        RegisterResources(in);
+        break;
+      case 8:
+        DeregisterResources(in);
+        break;
+      case 9:
+        Access(in, pio, (op & 1) != 0);
+        break;
+      case 10:
+        RegisterMany(in, pio);
+        break;
+      case 11:
+        CheckRangeFactory(in, pio);
+        break;
     }
     CheckState();
   }
@@ -221,18 +246,21 @@ class Run {
     const ModelBus& b = model_.bus(pio);
     const uint8_t mode = in.U8();
     switch (mode % 6) {
-      case 0: return in.U8();
-      case 1: return b.max - in.U8();
-      case 2: return in.Bytes(pio ? 2 : 8) & b.max;
+      case 0:
+        return in.U8();
+      case 1:
+        return b.max - in.U8();
+      case 2:
+        return in.Bytes(pio ? 2 : 8) & b.max;
       case 3:
       case 4:
       case 5: {
         if (b.ranges.empty()) return in.U8();
         auto it = b.ranges.begin();
         std::advance(it, in.U8() % b.ranges.size());
-        const uint64_t where[] = {it->first, it->second.last,
-                                  it->second.last + 1, it->first - 1,
-                                  it->first + (it->second.last - it->first) / 2};
+        const uint64_t where[] = {
+            it->first, it->second.last, it->second.last + 1, it->first - 1,
+            it->first + (it->second.last - it->first) / 2};
         return where[mode % 5] & b.max;
       }
     }
@@ -243,11 +271,16 @@ class Run {
     const ModelBus& b = model_.bus(pio);
     const uint8_t mode = in.U8();
     switch (mode % 6) {
-      case 0: return 0;
-      case 1: return b.max - base + 1;            // exactly to the top (or 0)
-      case 2: return b.max - base + 2;            // one past the top
-      case 3: return in.Bytes(pio ? 2 : 8) & b.max;
-      default: return 1 + in.U8() % 32;
+      case 0:
+        return 0;
+      case 1:
+        return b.max - base + 1;  // exactly to the top (or 0)
+      case 2:
+        return b.max - base + 2;  // one past the top
+      case 3:
+        return in.Bytes(pio ? 2 : 8) & b.max;
+      default:
+        return 1 + in.U8() % 32;
     }
   }
   int DeviceIndex(Input& in) { return in.U8() % (kDevices + 1); }
@@ -266,7 +299,8 @@ class Run {
 
   static std::string Hex(uint64_t v) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+    std::snprintf(buf, sizeof buf, "0x%llx",
+                  static_cast<unsigned long long>(v));
     return buf;
   }
 
@@ -275,9 +309,9 @@ class Run {
     const uint64_t base = Address(in, pio);
     const uint64_t size = Size(in, pio, base) & model_.bus(pio).max;
     const bool valid = ModelBus::ValidRange(model_.bus(pio).max, base, size);
-    const bool ok = pio ? PioRange::Create(PioAddress(uint16_t(base)),
-                                           uint16_t(size)).ok()
-                        : MmioRange::Create(MmioAddress(base), size).ok();
+    const bool ok =
+        pio ? PioRange::Create(PioAddress(uint16_t(base)), uint16_t(size)).ok()
+            : MmioRange::Create(MmioAddress(base), size).ok();
     FUZZ_CHECK(ok == valid, "Create(" + Hex(base) + ", " + Hex(size) + ")");
   }
 
@@ -311,9 +345,9 @@ class Run {
       want = absl::StatusCode::kAlreadyExists;
     }
     const absl::Status got =
-        pio ? manager_->RegisterPio(*PioRange::Create(PioAddress(uint16_t(base)),
-                                                      uint16_t(size)),
-                                    Dev<DevicePio>(dev))
+        pio ? manager_->RegisterPio(
+                  *PioRange::Create(PioAddress(uint16_t(base)), uint16_t(size)),
+                  Dev<DevicePio>(dev))
             : manager_->RegisterMmio(
                   *MmioRange::Create(MmioAddress(base), size),
                   Dev<DeviceMmio>(dev));
@@ -352,7 +386,8 @@ class Run {
       return;
     }
     FUZZ_CHECK(st.ok(), "deregister " + Hex(addr) + ": " + st.ToString());
-    FUZZ_CHECK(got_base == it->first && got_size == it->second.last - it->first + 1 &&
+    FUZZ_CHECK(got_base == it->first &&
+                   got_size == it->second.last - it->first + 1 &&
                    got_dev == it->second.device,
                "deregister " + Hex(addr) + " returned the wrong range/device");
     b.ranges.erase(it);
@@ -450,8 +485,9 @@ class Run {
       FUZZ_CHECK(g_call.write_sum == sent, what + ": data changed");
     } else {
       for (size_t i = 0; i < len; ++i) {
-        FUZZ_CHECK(buf[i] == FuzzDevice::Pattern(expected_dev_, addr - hit_base, i),
-                   what + ": read data");
+        FUZZ_CHECK(
+            buf[i] == FuzzDevice::Pattern(expected_dev_, addr - hit_base, i),
+            what + ": read data");
       }
     }
   }
@@ -470,11 +506,12 @@ class Run {
         range = {r->first.base().value(), r->first.size()};
         dev = IndexOf(dynamic_cast<const void*>(r->second.get()));
       }
-      visited = manager_->VisitPioDevice(
-          PioAddress(uint16_t(addr)), [&](const PioRange& rr, const DevicePio&) {
-            vbase = rr.base().value();
-            vsize = rr.size();
-          });
+      visited =
+          manager_->VisitPioDevice(PioAddress(uint16_t(addr)),
+                                   [&](const PioRange& rr, const DevicePio&) {
+                                     vbase = rr.base().value();
+                                     vsize = rr.size();
+                                   });
     } else {
       auto r = manager_->MmioDevice(MmioAddress(addr));
       if (r) {
@@ -505,7 +542,8 @@ class Run {
     IoBatch batch;
     Model next = model_;
     absl::StatusCode want = absl::StatusCode::kOk;
-    std::vector<std::pair<bool, std::pair<uint64_t, uint64_t>>> removed;  // pio?, base/size
+    std::vector<std::pair<bool, std::pair<uint64_t, uint64_t>>>
+        removed;  // pio?, base/size
     std::vector<int> removed_dev;
     int added = 0;
     for (int i = 0; i < n; ++i) {
@@ -518,8 +556,9 @@ class Run {
         const int dev = DeviceIndex(in);
         if (!ModelBus::ValidRange(b.max, base, size)) continue;
         if (pio) {
-          batch.AddPio(*PioRange::Create(PioAddress(uint16_t(base)), uint16_t(size)),
-                       Dev<DevicePio>(dev));
+          batch.AddPio(
+              *PioRange::Create(PioAddress(uint16_t(base)), uint16_t(size)),
+              Dev<DevicePio>(dev));
         } else {
           batch.AddMmio(*MmioRange::Create(MmioAddress(base), size),
                         Dev<DeviceMmio>(dev));
@@ -545,7 +584,8 @@ class Run {
         if (it == b.ranges.end()) {
           want = absl::StatusCode::kNotFound;
         } else {
-          removed.push_back({pio, {it->first, it->second.last - it->first + 1}});
+          removed.push_back(
+              {pio, {it->first, it->second.last - it->first + 1}});
           removed_dev.push_back(it->second.device);
           b.ranges.erase(it);
         }
@@ -553,7 +593,8 @@ class Run {
     }
     (void)added;
     absl::StatusOr<IoBatch::Removed> got = manager_->Commit(std::move(batch));
-    FUZZ_CHECK(got.status().code() == want, "batch: " + got.status().ToString());
+    FUZZ_CHECK(got.status().code() == want,
+               "batch: " + got.status().ToString());
     if (!got.ok()) return;  // the model is unchanged too
     // The removed ranges, in order, per bus.
     size_t ip = 0, im = 0;
@@ -562,15 +603,17 @@ class Run {
       if (is_pio) {
         FUZZ_CHECK(ip < got->pio.size(), "batch removed too few PIO ranges");
         const auto& [range, dev] = got->pio[ip++];
-        FUZZ_CHECK(range.base().value() == r.first && range.size() == r.second &&
-                       IndexOf(dynamic_cast<const void*>(dev.get())) == removed_dev[i],
-                   "batch removed the wrong PIO range");
+        FUZZ_CHECK(
+            range.base().value() == r.first && range.size() == r.second &&
+                IndexOf(dynamic_cast<const void*>(dev.get())) == removed_dev[i],
+            "batch removed the wrong PIO range");
       } else {
         FUZZ_CHECK(im < got->mmio.size(), "batch removed too few MMIO ranges");
         const auto& [range, dev] = got->mmio[im++];
-        FUZZ_CHECK(range.base().value() == r.first && range.size() == r.second &&
-                       IndexOf(dynamic_cast<const void*>(dev.get())) == removed_dev[i],
-                   "batch removed the wrong MMIO range");
+        FUZZ_CHECK(
+            range.base().value() == r.first && range.size() == r.second &&
+                IndexOf(dynamic_cast<const void*>(dev.get())) == removed_dev[i],
+            "batch removed the wrong MMIO range");
       }
     }
     FUZZ_CHECK(ip == got->pio.size() && im == got->mmio.size(),
@@ -699,17 +742,19 @@ class Run {
     FUZZ_CHECK(st.mmio_ranges == model_.mmio.ranges.size(), "MMIO range count");
     for (const auto& [base, e] : model_.pio.ranges) {
       auto r = manager_->PioDevice(PioAddress(uint16_t(e.last)));
-      FUZZ_CHECK(r && r->first.base().value() == base &&
-                     r->first.last().value() == e.last &&
-                     IndexOf(dynamic_cast<const void*>(r->second.get())) == e.device,
-                 "PIO state at " + Hex(base));
+      FUZZ_CHECK(
+          r && r->first.base().value() == base &&
+              r->first.last().value() == e.last &&
+              IndexOf(dynamic_cast<const void*>(r->second.get())) == e.device,
+          "PIO state at " + Hex(base));
     }
     for (const auto& [base, e] : model_.mmio.ranges) {
       auto r = manager_->MmioDevice(MmioAddress(e.last));
-      FUZZ_CHECK(r && r->first.base().value() == base &&
-                     r->first.last().value() == e.last &&
-                     IndexOf(dynamic_cast<const void*>(r->second.get())) == e.device,
-                 "MMIO state at " + Hex(base));
+      FUZZ_CHECK(
+          r && r->first.base().value() == base &&
+              r->first.last().value() == e.last &&
+              IndexOf(dynamic_cast<const void*>(r->second.get())) == e.device,
+          "MMIO state at " + Hex(base));
     }
   }
 

@@ -32,7 +32,8 @@ struct RangeFactory {
   template <typename A>
   static constexpr BusRange<A> FromBounds(typename A::Value base,
                                           typename A::Value last) {
-    return BusRange<A>(A(base), static_cast<typename A::Value>(last - base + 1));
+    return BusRange<A>(A(base),
+                       static_cast<typename A::Value>(last - base + 1));
   }
 };
 
@@ -150,7 +151,8 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus CheckAccessShape(
     }
   }
   const V size = static_cast<V>(len);
-  if (size == 0 || static_cast<V>(size - 1) > static_cast<V>(A::kMax - addr.value())) {
+  if (size == 0 ||
+      static_cast<V>(size - 1) > static_cast<V>(A::kMax - addr.value())) {
     return IoStatus::kInvalidRange;
   }
   *last = static_cast<V>(addr.value() + (size - 1));
