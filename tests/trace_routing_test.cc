@@ -33,6 +33,7 @@ namespace {
 using trace::Access;
 using trace::BusKind;
 using trace::DeviceMap;
+using trace::Dispatch;
 using trace::MapRange;
 
 constexpr char kMapPath[] = "tests/data/qemu-q35-linux61/devices.tsv";
@@ -187,20 +188,6 @@ Replay& TheReplay() {
     return r;
   }();
   return *replay;
-}
-
-IoStatus Dispatch(const IoManager& m, const Access& a, uint8_t* buf) {
-  const absl::Span<uint8_t> data(buf, a.size);
-  if (a.write) {
-    for (size_t i = 0; i < a.size; ++i) {
-      buf[i] = static_cast<uint8_t>(a.value >> (8 * i));
-    }
-    return a.bus == BusKind::kPio ? m.PioWrite(PioAddress(a.addr), data)
-                                  : m.MmioWrite(MmioAddress(a.addr), data);
-  }
-  std::fill(buf, buf + a.size, uint8_t{0});
-  return a.bus == BusKind::kPio ? m.PioRead(PioAddress(a.addr), data)
-                                : m.MmioRead(MmioAddress(a.addr), data);
 }
 
 // Problems found by one replaying thread: a count and the first few.

@@ -125,19 +125,6 @@ struct Counts {
   }
 };
 
-IoStatus Dispatch(const IoManager& m, const Access& a, uint8_t* buf) {
-  const absl::Span<uint8_t> data(buf, a.size);
-  if (a.write) {
-    for (size_t i = 0; i < a.size; ++i) {
-      buf[i] = static_cast<uint8_t>(a.value >> (8 * i));
-    }
-    return a.bus == BusKind::kPio ? m.PioWrite(PioAddress(a.addr), data)
-                                  : m.MmioWrite(MmioAddress(a.addr), data);
-  }
-  return a.bus == BusKind::kPio ? m.PioRead(PioAddress(a.addr), data)
-                                : m.MmioRead(MmioAddress(a.addr), data);
-}
-
 void ReplayRows(const IoManager& manager, const DeviceMap& map,
                 const std::vector<Access>& accesses,
                 const std::vector<Expected>& expected,

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace vm_device::trace {
 namespace {
@@ -399,6 +400,22 @@ std::string ResolveDataPath(const std::string& workspace_relative_path) {
     if (FileExists(c)) return c;
   }
   return p;
+}
+
+IoStatus Dispatch(const IoManager& manager, const Access& a, uint8_t* buf) {
+  const absl::Span<uint8_t> data(buf, a.size);
+  if (a.write) {
+    for (size_t i = 0; i < a.size; ++i) {
+      buf[i] = static_cast<uint8_t>(a.value >> (8 * i));
+    }
+    return a.bus == BusKind::kPio
+               ? manager.PioWrite(PioAddress(static_cast<uint16_t>(a.addr)),
+                                  data)
+               : manager.MmioWrite(MmioAddress(a.addr), data);
+  }
+  return a.bus == BusKind::kPio
+             ? manager.PioRead(PioAddress(static_cast<uint16_t>(a.addr)), data)
+             : manager.MmioRead(MmioAddress(a.addr), data);
 }
 
 }  // namespace vm_device::trace

@@ -57,6 +57,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "vm_device/io_manager.h"
+#include "vm_device/io_status.h"
 
 namespace vm_device::trace {
 
@@ -139,6 +141,13 @@ absl::StatusOr<std::vector<Access>> LoadTrace(const std::string& path,
 // candidate that exists, or `workspace_relative_path` unchanged (also when it
 // is absolute or exists as given).
 std::string ResolveDataPath(const std::string& workspace_relative_path);
+
+// Dispatch()
+//
+// Performs the recorded access `a` on `manager`: a write of `a.size` bytes of
+// `a.value` (little-endian) or a read of `a.size` bytes, through `buf` (at
+// least `a.size` bytes). Returns what the manager answered.
+IoStatus Dispatch(const IoManager& manager, const Access& a, uint8_t* buf);
 
 }  // namespace vm_device::trace
 
