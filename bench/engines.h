@@ -180,6 +180,8 @@ namespace engines_internal {
 template <typename A, typename D>
 class MapBus {
  public:
+  using Address = A;
+  using Device = D;
   using Value = typename A::Value;
 
   absl::Status Add(BusRange<A> range, std::shared_ptr<D> device);
@@ -225,6 +227,8 @@ class MapBus {
 template <typename A, typename D>
 class SortedBus {
  public:
+  using Address = A;
+  using Device = D;
   using Value = typename A::Value;
 
   absl::Status Add(BusRange<A> range, std::shared_ptr<D> device);
@@ -258,47 +262,22 @@ class SortedBus {
   Table view_;
 };
 
-// Calls the device `Find` returned. Shared by the non-RCU engines.
-template <typename Bus>
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus MmioReadOn(
-    const Bus& bus, uint64_t addr, absl::Span<uint8_t> data) {
-  MmioAddress base;
-  const DeviceMmio* device;
-  const IoStatus s = bus.Find(MmioAddress(addr), data.size(), &base, &device);
-  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->MmioRead(base, addr - base.value(), data);
-  return IoStatus::kOk;
-}
-template <typename Bus>
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus MmioWriteOn(
-    const Bus& bus, uint64_t addr, absl::Span<const uint8_t> data) {
-  MmioAddress base;
-  const DeviceMmio* device;
-  const IoStatus s = bus.Find(MmioAddress(addr), data.size(), &base, &device);
-  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->MmioWrite(base, addr - base.value(), data);
-  return IoStatus::kOk;
-}
-template <typename Bus>
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus PioReadOn(
-    const Bus& bus, uint64_t addr, absl::Span<uint8_t> data) {
-  const PioAddress a(static_cast<uint16_t>(addr));
-  PioAddress base;
-  const DevicePio* device;
+// DispatchOn()
+//
+// Finds the range of `bus` holding an access of `data.size()` bytes at `addr`
+// and calls the device's handler `kHandler` (e.g. &DeviceMmio::MmioRead) on
+// it. Shared by the non-RCU engines; the same steps as IoManager's dispatch.
+template <auto kHandler, typename Bus, typename Data>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus DispatchOn(const Bus& bus,
+                                                        uint64_t addr,
+                                                        Data data) {
+  using A = typename Bus::Address;
+  const A a(static_cast<typename A::Value>(addr));
+  A base;
+  const typename Bus::Device* device;
   const IoStatus s = bus.Find(a, data.size(), &base, &device);
   if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->PioRead(base, a - base, data);
-  return IoStatus::kOk;
-}
-template <typename Bus>
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus PioWriteOn(
-    const Bus& bus, uint64_t addr, absl::Span<const uint8_t> data) {
-  const PioAddress a(static_cast<uint16_t>(addr));
-  PioAddress base;
-  const DevicePio* device;
-  const IoStatus s = bus.Find(a, data.size(), &base, &device);
-  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  device->PioWrite(base, a - base, data);
+  (device->*kHandler)(base, a - base, data);
   return IoStatus::kOk;
 }
 
@@ -321,19 +300,21 @@ class RwLockMapEngine {
                                         absl::Span<uint8_t> data) const {
     if (bus == BusKind::kMmio) {
       std::shared_lock lock(mmio_mu_);
-      return engines_internal::MmioReadOn(mmio_, addr, data);
+      return engines_internal::DispatchOn<&DeviceMmio::MmioRead>(mmio_, addr,
+                                                                 data);
     }
     std::shared_lock lock(pio_mu_);
-    return engines_internal::PioReadOn(pio_, addr, data);
+    return engines_internal::DispatchOn<&DevicePio::PioRead>(pio_, addr, data);
   }
   ABSL_ATTRIBUTE_NOINLINE IoStatus Write(BusKind bus, uint64_t addr,
                                          absl::Span<const uint8_t> data) const {
     if (bus == BusKind::kMmio) {
       std::shared_lock lock(mmio_mu_);
-      return engines_internal::MmioWriteOn(mmio_, addr, data);
+      return engines_internal::DispatchOn<&DeviceMmio::MmioWrite>(mmio_, addr,
+                                                                  data);
     }
     std::shared_lock lock(pio_mu_);
-    return engines_internal::PioWriteOn(pio_, addr, data);
+    return engines_internal::DispatchOn<&DevicePio::PioWrite>(pio_, addr, data);
   }
 
  private:
@@ -359,17 +340,19 @@ class MutexMapEngine {
                                         absl::Span<uint8_t> data) const {
     std::lock_guard lock(mu_);
     if (bus == BusKind::kMmio) {
-      return engines_internal::MmioReadOn(mmio_, addr, data);
+      return engines_internal::DispatchOn<&DeviceMmio::MmioRead>(mmio_, addr,
+                                                                 data);
     }
-    return engines_internal::PioReadOn(pio_, addr, data);
+    return engines_internal::DispatchOn<&DevicePio::PioRead>(pio_, addr, data);
   }
   ABSL_ATTRIBUTE_NOINLINE IoStatus Write(BusKind bus, uint64_t addr,
                                          absl::Span<const uint8_t> data) const {
     std::lock_guard lock(mu_);
     if (bus == BusKind::kMmio) {
-      return engines_internal::MmioWriteOn(mmio_, addr, data);
+      return engines_internal::DispatchOn<&DeviceMmio::MmioWrite>(mmio_, addr,
+                                                                  data);
     }
-    return engines_internal::PioWriteOn(pio_, addr, data);
+    return engines_internal::DispatchOn<&DevicePio::PioWrite>(pio_, addr, data);
   }
 
  private:
@@ -394,16 +377,18 @@ class UnsynchronizedEngine {
   ABSL_ATTRIBUTE_NOINLINE IoStatus Read(BusKind bus, uint64_t addr,
                                         absl::Span<uint8_t> data) const {
     if (bus == BusKind::kMmio) {
-      return engines_internal::MmioReadOn(mmio_, addr, data);
+      return engines_internal::DispatchOn<&DeviceMmio::MmioRead>(mmio_, addr,
+                                                                 data);
     }
-    return engines_internal::PioReadOn(pio_, addr, data);
+    return engines_internal::DispatchOn<&DevicePio::PioRead>(pio_, addr, data);
   }
   ABSL_ATTRIBUTE_NOINLINE IoStatus Write(BusKind bus, uint64_t addr,
                                          absl::Span<const uint8_t> data) const {
     if (bus == BusKind::kMmio) {
-      return engines_internal::MmioWriteOn(mmio_, addr, data);
+      return engines_internal::DispatchOn<&DeviceMmio::MmioWrite>(mmio_, addr,
+                                                                  data);
     }
-    return engines_internal::PioWriteOn(pio_, addr, data);
+    return engines_internal::DispatchOn<&DevicePio::PioWrite>(pio_, addr, data);
   }
 
  private:
