@@ -555,7 +555,7 @@ absl::Status IoManager::Synchronize() const {
   }
   if (internal::OnReclaimThread()) {
     return absl::FailedPreconditionError(
-        "IoManager::Synchronize called on the RCU reclamation thread (from a "
+        "IoManager::Synchronize called on the RCU reclaimer thread (from a "
         "device destructor?): it would wait for itself");
   }
   internal::WaitForReaders();

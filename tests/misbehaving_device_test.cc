@@ -422,8 +422,8 @@ TEST(MisbehavingDevice, SynchronizeInHandlerIsRefusedWithoutWaiting) {
   EXPECT_EQ(m.stats().pio_ranges, 2u);
 }
 
-// A device whose destructor (on liburcu's reclamation thread) calls
-// Synchronize: refused, not a deadlock of the reclamation thread.
+// A device whose destructor (on the reclaimer thread) calls
+// Synchronize: refused, not a deadlock of the reclaimer thread.
 class SyncOnDestroy final : public DevicePio {
  public:
   SyncOnDestroy(const IoManager* m, absl::Status* out) : m_(m), out_(out) {}
@@ -445,7 +445,7 @@ TEST(MisbehavingDevice, SynchronizeInDestructorOnReclaimThreadIsRefused) {
                             std::make_shared<SyncOnDestroy>(&m, &in_destructor))
                   .ok());
   // Drop the returned reference at once: the manager's retired snapshot holds
-  // the last one, released on the reclamation thread.
+  // the last one, released on the reclaimer thread.
   ASSERT_TRUE(m.DeregisterPio(PioAddress(0xa0)).ok());
   ASSERT_TRUE(m.Synchronize().ok());
   EXPECT_EQ(in_destructor.code(), absl::StatusCode::kFailedPrecondition)

@@ -34,7 +34,7 @@
 // memory, no allocation, no reference count. Writers are serialized by one
 // writer mutex; each change builds a new snapshot and publishes it with one
 // pointer store; the old snapshot, and every device it alone still points
-// at, is destroyed after an RCU grace period, on liburcu's reclamation
+// at, is destroyed after an RCU grace period, on the library's reclaimer
 // thread. See src/internal/range_table.h for the design note.
 //
 // Why memb: its read side is a thread-local counter update with no barrier
@@ -92,7 +92,7 @@
 //   * registers, deregisters or moves ranges, its own included: allowed, in
 //     one publish each, visible at once to later dispatches on every thread;
 //     a device that deregisters itself stays alive until its handlers return.
-//   * calls Synchronize() (or a destructor running on the reclamation thread
+//   * calls Synchronize() (or a destructor running on the reclaimer thread
 //     does): refused with kFailedPrecondition, at once.
 //
 // Slow handlers: a handler that takes long (or blocks) delays nothing but the
@@ -103,7 +103,7 @@
 // drops it only after a grace period has passed since the device's last
 // range was deregistered, so a device is never destroyed while a vCPU is in
 // one of its handlers. Deregistration also hands the caller a `shared_ptr`.
-// Devices are destroyed on liburcu's reclamation thread unless the caller
+// Devices are destroyed on the library's reclaimer thread unless the caller
 // holds the last reference. `Synchronize()` waits for all of that.
 //
 // Differences from the crate (rust-vmm vm-device 0.1):
@@ -380,7 +380,7 @@ class IoManager {
   // returned, and every device and snapshot retired before the call has been
   // released. After it returns, no handler of a range deregistered before the
   // call runs again. kFailedPrecondition (without waiting) when called from a
-  // handler or on the reclamation thread, where it would wait for itself.
+  // handler or on the reclaimer thread, where it would wait for itself.
   absl::Status Synchronize() const;
 
   // IoManager::stats()

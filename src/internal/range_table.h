@@ -55,7 +55,7 @@
 // nothing loops on other threads. The device handler itself is the device's
 // business (a `LockedDevice` blocks on its own lock). Commit: blocking (the
 // writer mutex), O(n + k) for a batch of k changes on n ranges; never waits for
-// a grace period (reclamation is queued with call_rcu), so it is safe inside a
+// a grace period (reclamation is queued for the reclaimer thread), so it is safe inside a
 // handler.
 //
 // Thread safety: a built table is immutable; any number of threads may read

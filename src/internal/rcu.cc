@@ -5,13 +5,15 @@
 
 // rcu.h includes liburcu (memb flavour), inline fast paths or not.
 
-#include <cstddef>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
-#include <new>
-#include <type_traits>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/config.h"
-#include "absl/synchronization/notification.h"
 
 #ifdef ABSL_HAVE_THREAD_SANITIZER
 extern "C" void __tsan_acquire(void* addr);
@@ -21,20 +23,13 @@ namespace vm_device {
 namespace internal {
 namespace {
 
-static_assert(sizeof(rcu_head) <= sizeof(Retired::RcuNode::head) &&
-                  alignof(rcu_head) <= alignof(void*),
-              "Retired::RcuNode::head is too small for struct rcu_head");
-static_assert(std::is_standard_layout_v<Retired::RcuNode> &&
-                  offsetof(Retired::RcuNode, head) == 0,
-              "the rcu_head must start the RcuNode");
-
 // ThreadSanitizer does not see liburcu's grace periods: the read-side
 // bookkeeping lives in the uninstrumented shared library. Without help it
 // reports a race between a reader's last access to a table and the free that
 // follows the grace period. The happens-before edge that the grace period
 // guarantees is described to it instead:
 //
-//   Reader thread                        Writer / reclamation thread
+//   Reader thread                        Writer / reclaimer thread
 //   ReadLock(); ...reads table...
 //   ~ReadSection(): release (A)          publish new table; Retire(old)
 //   ReadUnlock()                         ...grace period ends...
@@ -57,25 +52,6 @@ inline void GraceAcquire() {
 #endif
 }
 
-// WaitForRetired() waits on an absl::Notification, whose synchronization
-// happens inside the uninstrumented Abseil library: TSan would not order what
-// the reclamation thread did (device destructors included) before the wait's
-// return. The marker releases this address before it notifies, and the waiter
-// acquires it after the wait.
-[[maybe_unused]] char retired_sync;
-
-inline void RetiredRelease() {
-#ifdef ABSL_HAVE_THREAD_SANITIZER
-  __tsan_release(&retired_sync);
-#endif
-}
-
-inline void RetiredAcquire() {
-#ifdef ABSL_HAVE_THREAD_SANITIZER
-  __tsan_acquire(&retired_sync);
-#endif
-}
-
 // Unregisters the thread at exit if RegisterSlow() registered it.
 struct ExitUnregister {
   bool armed = false;
@@ -84,10 +60,74 @@ struct ExitUnregister {
   }
 };
 
-void Reclaim(rcu_head* head) {
-  GraceAcquire();  // B: matches A in every reader that saw the object
-  delete reinterpret_cast<Retired::RcuNode*>(head)->owner;
-}
+// Reclaimer
+//
+// The thread that destroys retired objects after a grace period: one per
+// process, started on first use, never stopped (its state is leaked on
+// purpose, so that it outlives every static IoManager).
+//
+// It coalesces: once something is pending it waits up to kCoalesce for more
+// before it starts a grace period, and then destroys everything that was
+// pending when the grace period started. Under a storm of changes that bounds
+// grace periods (each a membarrier() that interrupts every CPU running a vCPU
+// thread) to about 1 / kCoalesce per second, instead of one per change as
+// liburcu's call_rcu thread would run them back to back. A waiter in
+// WaitForRetired() cuts the wait short. Retirements are destroyed in the order
+// they were queued.
+//
+// Retire() only takes mu_ for a push_back; the reclaimer never holds mu_
+// while it waits for a grace period or runs destructors, so Retire() never
+// waits for a grace period (it is safe inside a read-side section), and a
+// destructor that retires more does not deadlock.
+class Reclaimer {
+ public:
+  static constexpr std::chrono::microseconds kCoalesce{1000};
+
+  static Reclaimer& Get() {
+    static Reclaimer* const reclaimer = new Reclaimer();
+    return *reclaimer;
+  }
+
+  void Push(std::unique_ptr<Retired> r, bool urgent) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_.push_back(std::move(r));
+      urgent_ = urgent_ || urgent;
+    }
+    cv_.notify_one();
+  }
+
+  bool OnThread() const { return std::this_thread::get_id() == thread_id_; }
+
+ private:
+  Reclaimer() {
+    std::thread t([this] { Loop(); });
+    thread_id_ = t.get_id();
+    t.detach();
+  }
+
+  void Loop() {
+    std::vector<std::unique_ptr<Retired>> batch;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !pending_.empty(); });
+        cv_.wait_for(lock, kCoalesce, [this] { return urgent_; });
+        batch.swap(pending_);
+        urgent_ = false;
+      }
+      urcu_memb_synchronize_rcu();
+      GraceAcquire();  // B: matches A in every reader that saw the batch
+      batch.clear();   // destructors run here, outside mu_
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<Retired>> pending_;  // guarded by mu_
+  bool urgent_ = false;                            // guarded by mu_
+  std::thread::id thread_id_;
+};
 
 }  // namespace
 
@@ -120,22 +160,10 @@ void UnregisterForScope() {
 
 bool InReadSection() { return IsRegistered() && urcu_memb_read_ongoing() != 0; }
 
-bool OnReclaimThread() {
-  // The default call_rcu helper is the only one this library uses.
-  call_rcu_data* crdp = urcu_memb_get_default_call_rcu_data();
-  return crdp != nullptr &&
-         pthread_equal(urcu_memb_get_call_rcu_thread(crdp), pthread_self());
-}
+bool OnReclaimThread() { return Reclaimer::Get().OnThread(); }
 
 void Retire(std::unique_ptr<Retired> r) {
-  // call_rcu must come from a registered thread (rcu-api.md).
-  EnsureRegistered();
-  Retired* raw = r.release();
-  raw->rcu_node.owner = raw;
-  // A: whatever this thread wrote into `raw` is visible to Reclaim (B). The
-  // hand-over through liburcu's queue is invisible to TSan.
-  GraceRelease();
-  urcu_memb_call_rcu(reinterpret_cast<rcu_head*>(raw->rcu_node.head), &Reclaim);
+  Reclaimer::Get().Push(std::move(r), /*urgent=*/false);
 }
 
 void WaitForReaders() {
@@ -146,30 +174,34 @@ void WaitForReaders() {
 
 namespace {
 
-// Signals when it is reclaimed. All retirements go through the one default
-// call_rcu thread, whose callbacks run in the order they were queued, so by
-// the time this marker is reclaimed everything retired before it has been.
-// (Not rcu_barrier(): it hands memory between threads inside liburcu in a way
-// TSan cannot see, and reports a race in liburcu.)
+// Signals when it is destroyed: the reclaimer destroys retirements in the
+// order they were queued, so by then everything retired before it is gone.
 class BarrierMarker final : public Retired {
  public:
-  explicit BarrierMarker(absl::Notification* done) : done_(done) {}
+  BarrierMarker(std::mutex* mu, std::condition_variable* cv, bool* done)
+      : mu_(mu), cv_(cv), done_(done) {}
   ~BarrierMarker() override {
-    RetiredRelease();
-    done_->Notify();
+    std::lock_guard<std::mutex> lock(*mu_);
+    *done_ = true;
+    cv_->notify_all();
   }
 
  private:
-  absl::Notification* done_;
+  std::mutex* mu_;
+  std::condition_variable* cv_;
+  bool* done_;
 };
 
 }  // namespace
 
 void WaitForRetired() {
-  absl::Notification done;
-  Retire(std::make_unique<BarrierMarker>(&done));
-  done.WaitForNotification();
-  RetiredAcquire();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Reclaimer::Get().Push(std::make_unique<BarrierMarker>(&mu, &cv, &done),
+                        /*urgent=*/true);
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
 }
 
 }  // namespace internal

@@ -14,17 +14,24 @@
 // every vCPU thread go offline around KVM_RUN and report quiescent states.
 //
 // Registration: liburcu needs every thread that enters a read-side critical
-// section, or that calls call_rcu(), to be registered. `EnsureRegistered()`
+// section to be registered. `EnsureRegistered()`
 // registers the calling thread on first use and unregisters it when the
 // thread exits (a thread_local destructor); RegisterForScope() and
 // UnregisterForScope() (behind vm_device::VcpuThread) do it explicitly.
 //
 // Thread safety: every function may be called from any thread.
-// Progress: ReadSection is wait-free. Retire() is lock-free and never waits for
-// a grace period, so it may be called inside a read-side critical section.
-// WaitForReaders() and WaitForRetired() block for a grace period and must not
-// be called inside a read-side critical section (they would wait for
-// themselves) nor from the reclamation thread.
+// Reclamation: retired objects are destroyed by one reclaimer thread of the
+// library's own (rcu.cc) after a grace period (synchronize_rcu), in batches
+// gathered over about a millisecond, rather than by liburcu's call_rcu thread,
+// which would run one grace period (one membarrier IPI to every vCPU's CPU)
+// per change under a storm of changes.
+//
+// Thread safety: every function may be called from any thread.
+// Progress: ReadSection is wait-free. Retire() takes a mutex for a push_back
+// and never waits for a grace period, so it may be called inside a read-side
+// critical section. WaitForReaders() and WaitForRetired() block for a grace
+// period and must not be called inside a read-side critical section (they
+// would wait for themselves) nor from the reclaimer thread.
 
 #ifndef VM_DEVICE_SRC_INTERNAL_RCU_H_
 #define VM_DEVICE_SRC_INTERNAL_RCU_H_
@@ -131,34 +138,28 @@ class ReadSection {
 // Whether the calling thread is inside a read-side critical section.
 bool InReadSection();
 
-// Whether the calling thread is liburcu's call_rcu (reclamation) thread.
+// Whether the calling thread is the reclaimer thread (where retired objects
+// are destroyed).
 bool OnReclaimThread();
 
 // Retired
 //
 // Something to destroy after a grace period: every reader that could still
 // see it has left its read-side critical section. Subclass and put the
-// resources in the subclass; its destructor runs on the reclamation thread.
+// resources in the subclass; its destructor runs on the reclaimer thread.
 class Retired {
  public:
   Retired() = default;
   virtual ~Retired() = default;
   Retired(const Retired&) = delete;
   Retired& operator=(const Retired&) = delete;
-
-  // Storage for liburcu's `struct rcu_head` (two pointers; checked in
-  // rcu.cc), so that this header need not include liburcu's, and the way
-  // back from it to the object.
-  struct RcuNode {
-    alignas(void*) unsigned char head[2 * sizeof(void*)];
-    Retired* owner;
-  } rcu_node;
 };
 
 // Retire()
 //
-// Destroys `r` after a grace period, on liburcu's call_rcu thread. Never
-// waits; may be called inside a read-side critical section.
+// Destroys `r` after a grace period, on the library's reclaimer thread
+// (rcu.cc), usually within about a millisecond plus a grace period. Never
+// waits for a grace period; may be called inside a read-side critical section.
 void Retire(std::unique_ptr<Retired> r);
 
 // WaitForReaders()
@@ -169,8 +170,7 @@ void WaitForReaders();
 
 // WaitForRetired()
 //
-// Returns once everything retired before the call has been destroyed
-// (rcu_barrier).
+// Returns once everything retired before the call has been destroyed.
 void WaitForRetired();
 
 }  // namespace internal
