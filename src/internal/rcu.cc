@@ -6,6 +6,7 @@
 // rcu.h includes liburcu (memb flavour), inline fast paths or not.
 
 #include <chrono>
+#include <cstdlib>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -66,11 +67,13 @@ struct ExitUnregister {
 // process, started on first use, never stopped (its state is leaked on
 // purpose, so that it outlives every static IoManager).
 //
-// It coalesces: once something is pending it waits up to kCoalesce for more
-// before it starts a grace period, and then destroys everything that was
+// It coalesces: once something is pending it waits up to the batch window
+// (1 ms; the environment variable VM_DEVICE_RECLAIM_BATCH_US, read once, sets
+// it in microseconds, 0 turning batching off) for more before it starts a
+// grace period, and then destroys everything that was
 // pending when the grace period started. Under a storm of changes that bounds
 // grace periods (each a membarrier() that interrupts every CPU running a vCPU
-// thread) to about 1 / kCoalesce per second, instead of one per change as
+// thread) to about one per window, instead of one per change as
 // liburcu's call_rcu thread would run them back to back. A waiter in
 // WaitForRetired() cuts the wait short. Retirements are destroyed in the order
 // they were queued.
@@ -81,7 +84,7 @@ struct ExitUnregister {
 // destructor that retires more does not deadlock.
 class Reclaimer {
  public:
-  static constexpr std::chrono::microseconds kCoalesce{1000};
+  static constexpr std::chrono::microseconds kDefaultWindow{1000};
 
   static Reclaimer& Get() {
     static Reclaimer* const reclaimer = new Reclaimer();
@@ -100,7 +103,7 @@ class Reclaimer {
   bool OnThread() const { return std::this_thread::get_id() == thread_id_; }
 
  private:
-  Reclaimer() {
+  Reclaimer() : window_(WindowFromEnvironment()) {
     std::thread t([this] { Loop(); });
     thread_id_ = t.get_id();
     t.detach();
@@ -112,7 +115,9 @@ class Reclaimer {
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [this] { return !pending_.empty(); });
-        cv_.wait_for(lock, kCoalesce, [this] { return urgent_; });
+        if (window_.count() > 0) {
+          cv_.wait_for(lock, window_, [this] { return urgent_; });
+        }
         batch.swap(pending_);
         urgent_ = false;
       }
@@ -122,6 +127,16 @@ class Reclaimer {
     }
   }
 
+  static std::chrono::microseconds WindowFromEnvironment() {
+    const char* v = std::getenv("VM_DEVICE_RECLAIM_BATCH_US");
+    if (v == nullptr || *v == '\0') return kDefaultWindow;
+    char* end = nullptr;
+    const long long us = std::strtoll(v, &end, 10);
+    if (*end != '\0' || us < 0 || us > 1000000) return kDefaultWindow;
+    return std::chrono::microseconds(us);
+  }
+
+  const std::chrono::microseconds window_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::unique_ptr<Retired>> pending_;  // guarded by mu_

@@ -24,7 +24,8 @@
 // library's own (rcu.cc) after a grace period (synchronize_rcu), in batches
 // gathered over about a millisecond, rather than by liburcu's call_rcu thread,
 // which would run one grace period (one membarrier IPI to every vCPU's CPU)
-// per change under a storm of changes.
+// per change under a storm of changes. VM_DEVICE_RECLAIM_BATCH_US (read once)
+// sets the batching window in microseconds; 0 turns batching off.
 //
 // Thread safety: every function may be called from any thread.
 // Progress: ReadSection is wait-free. Retire() takes a mutex for a push_back
