@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Checks the machine code of IoManager's four dispatch functions for what the
 # wait-free read path must not contain (src/internal/range_table.h, "Progress"):
 #
