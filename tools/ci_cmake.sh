@@ -15,11 +15,27 @@
 #      @vm_device through local_repository).
 #
 # Prints "=== cmake: NAME: passed" or "=== cmake: NAME: FAILED" per check
-# (.ci/run counts them) and exits non-zero if any failed. Needs cmake, ninja
-# or make, pkg-config and the Debian packages of tools/bazel.
+# (.ci/run counts them) and exits non-zero if any failed. Installs, once and
+# only when missing, the Debian packages it needs (as tools/bazel does).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+packages=(cmake make ninja-build pkg-config g++ libabsl-dev libgtest-dev
+          libgmock-dev libbenchmark-dev liburcu-dev zlib1g-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
+    || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "tools/ci_cmake.sh: installing ${missing[*]}" >&2
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -q >&2
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
