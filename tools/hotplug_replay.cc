@@ -257,7 +257,16 @@ class Writer {
   // Register*/Deregister*, several through one IoBatch.
   void ApplyBatch(absl::Span<const Op> ops) {
     std::vector<std::shared_ptr<ReplayDevice>> fresh(ops.size());
+    // The device object each unmap must remove (a mapping may be mapped
+    // earlier in the same batch).
+    std::vector<const void*> expected(ops.size(), nullptr);
+    const std::vector<const void*> saved_live = [&] {
+      std::vector<const void*> v;
+      for (const Op& op : ops) v.push_back(live_[op.range]);
+      return v;
+    }();
     IoBatch batch;
+    bool ok = true;
     uint64_t first_stamp = kUnset;
     for (size_t i = 0; i < ops.size(); ++i) {
       const Op& op = ops[i];
@@ -265,18 +274,30 @@ class Writer {
       const uint64_t stamp = Stamp();
       if (first_stamp == kUnset) first_stamp = stamp;
       if (op.map) {
+        if (live_[op.range] != nullptr) {
+          ok = false;
+          Error(absl::StrCat("map of mapping ", op.range, ", already mapped"));
+          continue;
+        }
         fresh[i] = std::make_shared<ReplayDevice>(&counters_, op.range,
                                                   next_serial_++);
         log_[op.range].push_back(Incarnation{fresh[i]->serial(), stamp});
+        live_[op.range] = dynamic_cast<const void*>(fresh[i].get());
         if (ops.size() > 1) {
           absl::Status s = Add(batch, r, fresh[i]);
-          if (!s.ok()) Error(s.ToString());
+          if (!s.ok()) {
+            ok = false;
+            Error(s.ToString());
+          }
         }
       } else {
-        if (log_[op.range].empty()) {
-          Error(absl::StrCat("unmap of mapping ", op.range, ", never mapped"));
+        if (live_[op.range] == nullptr) {
+          ok = false;
+          Error(absl::StrCat("unmap of mapping ", op.range, ", not mapped"));
           continue;
         }
+        expected[i] = live_[op.range];
+        live_[op.range] = nullptr;
         log_[op.range].back().dereg_begin = stamp;
         if (ops.size() > 1) {
           if (r.bus == BusKind::kPio) {
@@ -287,32 +308,55 @@ class Writer {
         }
       }
     }
-    if (ops.size() == 1) {
-      ApplyOne(ops[0], fresh[0]);
+    if (!ok) {
+      // Nothing is applied.
+    } else if (ops.size() == 1) {
+      ok = ApplyOne(ops[0], fresh[0], expected[0]);
     } else {
-      absl::StatusOr<IoBatch::Removed> removed = manager_.Commit(
-          std::move(batch));
+      absl::StatusOr<IoBatch::Removed> removed =
+          manager_.Commit(std::move(batch));
       if (!removed.ok()) {
+        ok = false;
         Error(removed.status().ToString());
       } else {
-        CheckRemoved(ops, *removed);
+        CheckRemoved(ops, expected, *removed);
       }
+    }
+    if (!ok) {
+      // All or nothing: undo the bookkeeping, last op first.
+      for (size_t i = ops.size(); i-- > 0;) {
+        std::vector<Incarnation>& log = log_[ops[i].range];
+        if (ops[i].map && fresh[i] != nullptr) {
+          log.pop_back();
+        } else if (!ops[i].map && expected[i] != nullptr) {
+          log.back().dereg_begin = kUnset;
+        }
+        live_[ops[i].range] = saved_live[i];
+      }
+      return;
     }
     uint64_t last_stamp = first_stamp;
     for (size_t i = 0; i < ops.size(); ++i) {
       const Op& op = ops[i];
-      if (log_[op.range].empty()) continue;
-      Incarnation& inc = log_[op.range].back();
       last_stamp = Stamp();
+      // Stamp the incarnation this op began: for a map, the one with its
+      // device (a later unmap in the batch may have made it not the last).
       if (op.map) {
-        inc.reg_done = last_stamp;
-        live_[op.range] = fresh[i].get();
-        serial_of[op.range] = fresh[i]->serial();
+        for (size_t j = log_[op.range].size(); j-- > 0;) {
+          if (log_[op.range][j].serial == fresh[i]->serial()) {
+            log_[op.range][j].reg_done = last_stamp;
+            break;
+          }
+        }
       } else {
-        inc.end = last_stamp;
-        live_[op.range] = nullptr;
-        serial_of[op.range] = 0;
+        log_[op.range].back().end = last_stamp;
       }
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      serial_of[ops[i].range] =
+          live_[ops[i].range] == nullptr
+              ? 0
+              : log_[ops[i].range].back().serial;
     }
     commit_stamps.emplace_back(first_stamp, last_stamp);
     ++commits;
@@ -341,8 +385,10 @@ class Writer {
     return absl::OkStatus();
   }
 
-  // One change, through RegisterPio/Mmio or DeregisterPio/Mmio.
-  void ApplyOne(const Op& op, std::shared_ptr<ReplayDevice> dev) {
+  // One change, through RegisterPio/Mmio or DeregisterPio/Mmio. False (and
+  // an error counted) when the manager refused it.
+  bool ApplyOne(const Op& op, std::shared_ptr<ReplayDevice> dev,
+                const void* expected) {
     const MapRange& r = t_.ranges[op.range];
     const uint64_t size = r.last - r.first + 1;
     if (op.map) {
@@ -360,21 +406,27 @@ class Writer {
         }
       }
       if (!s.ok()) Error(s.ToString());
-      return;
+      return s.ok();
     }
-    const void* expected = live_[op.range];
     if (r.bus == BusKind::kPio) {
       auto got =
           manager_.DeregisterPio(PioAddress(static_cast<uint16_t>(r.first)));
-      if (!got.ok()) return Error(got.status().ToString());
+      if (!got.ok()) {
+        Error(got.status().ToString());
+        return false;
+      }
       CheckOneRemoved(op, got->first.base().value(), got->first.size(),
                       dynamic_cast<const void*>(got->second.get()), expected);
     } else {
       auto got = manager_.DeregisterMmio(MmioAddress(r.first));
-      if (!got.ok()) return Error(got.status().ToString());
+      if (!got.ok()) {
+        Error(got.status().ToString());
+        return false;
+      }
       CheckOneRemoved(op, got->first.base().value(), got->first.size(),
                       dynamic_cast<const void*>(got->second.get()), expected);
     }
+    return true;
   }
 
   void CheckOneRemoved(const Op& op, uint64_t base, uint64_t size,
@@ -389,12 +441,15 @@ class Writer {
     }
   }
 
-  void CheckRemoved(absl::Span<const Op> ops, const IoBatch::Removed& removed) {
+  void CheckRemoved(absl::Span<const Op> ops,
+                    const std::vector<const void*>& expected_devices,
+                    const IoBatch::Removed& removed) {
     size_t pio = 0, mmio = 0;
-    for (const Op& op : ops) {
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const Op& op = ops[i];
       if (op.map) continue;
       const MapRange& r = t_.ranges[op.range];
-      const void* expected = live_[op.range];
+      const void* expected = expected_devices[i];
       if (r.bus == BusKind::kPio) {
         if (pio >= removed.pio.size()) return Error("batch removed too little");
         const auto& [range, dev] = removed.pio[pio++];
