@@ -2,8 +2,8 @@
 
 #include <zlib.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -362,14 +362,14 @@ TEST(TraceFormat, LoadsChangeRowsBesideAccessRows) {
       "changes.tsv",
       "# a BAR is mapped, used, unmapped, mapped again; pic is unmapped\n"
       "0\tpio\tw\t0x20\t1\t0x11\tpic\n"
-      "-1\tmmio\tmap\t0xfe000000\t16384\t-\tvirtio-blk\n"          // line 3
-      "-1\tmmio\tmap\t0xfe600000\t48\t-\tmsix-table\n"             // line 4
-      "1\tmmio\tw\t0xfe003000\t4\t0x0\tvirtio-blk\n"               // access 1
-      "-1\tmmio\tunmap\t0xfe000000\t16384\t-\tvirtio-blk\n"        // line 6
-      "-1\tpio\tunmap\t0x20\t2\t-\tpic\n"                          // line 7
-      "0\tpio\tw\t0x20\t1\t0x11\t-\n"                              // access 2
-      "-1\tmmio\tmap\t0xfe000000\t16384\t-\tvirtio-blk\n"          // line 9
-      "2\tmmio\tr\t0xfe000010\t2\t0x0\tvirtio-blk\n",              // access 3
+      "-1\tmmio\tmap\t0xfe000000\t16384\t-\tvirtio-blk\n"    // line 3
+      "-1\tmmio\tmap\t0xfe600000\t48\t-\tmsix-table\n"       // line 4
+      "1\tmmio\tw\t0xfe003000\t4\t0x0\tvirtio-blk\n"         // access 1
+      "-1\tmmio\tunmap\t0xfe000000\t16384\t-\tvirtio-blk\n"  // line 6
+      "-1\tpio\tunmap\t0x20\t2\t-\tpic\n"                    // line 7
+      "0\tpio\tw\t0x20\t1\t0x11\t-\n"                        // access 2
+      "-1\tmmio\tmap\t0xfe000000\t16384\t-\tvirtio-blk\n"    // line 9
+      "2\tmmio\tr\t0xfe000010\t2\t0x0\tvirtio-blk\n",        // access 3
       /*gzip=*/true);
   absl::StatusOr<ChangeTrace> t = LoadChangeTrace(path, map);
   ASSERT_TRUE(t.ok()) << t.status();
@@ -432,9 +432,11 @@ TEST(TraceFormat, LoadTraceRefusesChangeRows) {
   absl::StatusOr<std::vector<Access>> t = LoadTrace(path, map);
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(t.status().message(),
-              HasSubstr(absl::StrCat(path, ":2: a map row: this trace changes "
-                                     "the map; load it with LoadChangeTrace()")));
+  EXPECT_THAT(
+      t.status().message(),
+      HasSubstr(absl::StrCat(path,
+                             ":2: a map row: this trace changes "
+                             "the map; load it with LoadChangeTrace()")));
 }
 
 TEST(TraceFormat, BadChangeLinesNameFileAndLine) {
@@ -442,7 +444,7 @@ TEST(TraceFormat, BadChangeLinesNameFileAndLine) {
   const BadLine cases[] = {
       // Line 2 of every file maps bar at [0x1000, 0x100f].
       {"-1\tmmio\tunmap\t0x1000\t16\t-\tbar", nullptr},
-      {"-1\tpio\tunmap\t0x20\t2\t-\tpic", nullptr},  // a range of the map
+      {"-1\tpio\tunmap\t0x20\t2\t-\tpic", nullptr},   // a range of the map
       {"-1\tmmio\tmap\t0x1010\t1\t-\tbar", nullptr},  // adjacent: fine
       {"-1\tmmio\tunmap\t0x2000\t16\t-\tbar",
        "unmap of mmio [0x2000, 0x200f] 'bar': no such range is live (nothing "
@@ -480,8 +482,9 @@ TEST(TraceFormat, BadChangeLinesNameFileAndLine) {
       {"-1\tmmio\tmap\t0xfffffffffffffff0\t17\t-\tx",
        "runs past the last address 0xffffffffffffffff"},
       {"-1\tmmio\tmap\t0xfffffffffffffff0\t16\t-\tx", nullptr},
-      {"0\tmmio\tmap\t0x2000\t16\t-\tbar2", "a map row has vcpu '0' (expected "
-                                            "-1)"},
+      {"0\tmmio\tmap\t0x2000\t16\t-\tbar2",
+       "a map row has vcpu '0' (expected "
+       "-1)"},
       {"-1\tmmio\tmap\t0x2000\t16\t0x0\tbar2",
        "a map row has value '0x0' (expected '-')"},
       {"-1\tmmio\tmap\t0x2000\t16\t-\t-", "bad device name '-' in a map row"},
@@ -500,10 +503,9 @@ TEST(TraceFormat, BadChangeLinesNameFileAndLine) {
   for (const BadLine& c : cases) {
     SCOPED_TRACE(c.line);
     const std::string path = WriteFile(
-        "bad_changes.tsv",
-        absl::StrCat("# header\n"
-                     "-1\tmmio\tmap\t0x1000\t16\t-\tbar\n",
-                     c.line, "\n"));
+        "bad_changes.tsv", absl::StrCat("# header\n"
+                                        "-1\tmmio\tmap\t0x1000\t16\t-\tbar\n",
+                                        c.line, "\n"));
     absl::StatusOr<ChangeTrace> t = LoadChangeTrace(path, map);
     if (c.why == nullptr) {
       EXPECT_TRUE(t.ok()) << t.status();
@@ -518,18 +520,18 @@ TEST(TraceFormat, BadChangeLinesNameFileAndLine) {
 
 TEST(TraceFormat, AnAccessAfterItsRangeWasUnmappedIsAnError) {
   const DeviceMap map = LoadGoodMap();
-  const std::string path =
-      WriteFile("after_unmap.tsv",
-                "-1\tmmio\tmap\t0x1000\t16\t-\tbar\n"
-                "0\tmmio\tr\t0x1000\t4\t0x0\tbar\n"
-                "-1\tmmio\tunmap\t0x1000\t16\t-\tbar\n"
-                "0\tmmio\tr\t0x1000\t4\t0x0\tbar\n");
+  const std::string path = WriteFile("after_unmap.tsv",
+                                     "-1\tmmio\tmap\t0x1000\t16\t-\tbar\n"
+                                     "0\tmmio\tr\t0x1000\t4\t0x0\tbar\n"
+                                     "-1\tmmio\tunmap\t0x1000\t16\t-\tbar\n"
+                                     "0\tmmio\tr\t0x1000\t4\t0x0\tbar\n");
   absl::StatusOr<ChangeTrace> t = LoadChangeTrace(path, map);
   ASSERT_FALSE(t.ok());
-  EXPECT_THAT(t.status().message(),
-              HasSubstr(absl::StrCat(path,
-                                     ":4: address 0x1000 is not inside a live "
-                                     "mmio range of 'bar' (no range holds it)")));
+  EXPECT_THAT(
+      t.status().message(),
+      HasSubstr(absl::StrCat(path,
+                             ":4: address 0x1000 is not inside a live "
+                             "mmio range of 'bar' (no range holds it)")));
 }
 
 // The figures of tests/data/qemu-q35-hotplug/README.md.

@@ -66,7 +66,7 @@ void ExpectClean(const HotplugReplayResult& r) {
 }
 
 HotplugReplayResult Replay(const ChangeTrace& t, ReplayMode mode,
-                        CommitGranularity commit, int min_passes = 1) {
+                           CommitGranularity commit, int min_passes = 1) {
   HotplugReplayOptions o;
   o.mode = mode;
   o.commit = commit;
@@ -77,15 +77,13 @@ HotplugReplayResult Replay(const ChangeTrace& t, ReplayMode mode,
   return r.ok() ? *r : HotplugReplayResult{};
 }
 
-class TraceHotplugRouting
-    : public testing::TestWithParam<CommitGranularity> {};
+class TraceHotplugRouting : public testing::TestWithParam<CommitGranularity> {};
 
 TEST_P(TraceHotplugRouting, OrderedEveryAccessReachesTheMappingOfItsRow) {
   const ChangeTrace& t = TheTrace();
   ASSERT_EQ(t.accesses.size(), 410888u);
   ASSERT_EQ(t.changes.size(), 356u);
-  const HotplugReplayResult r =
-      Replay(t, ReplayMode::kOrdered, GetParam());
+  const HotplugReplayResult r = Replay(t, ReplayMode::kOrdered, GetParam());
   ExpectClean(r);
   EXPECT_EQ(r.threads, 5u);  // vCPUs 0..3 and -1 (devices)
   // The data's README: 3,289 '-' rows, 26,933 accesses wider than their
@@ -94,8 +92,7 @@ TEST_P(TraceHotplugRouting, OrderedEveryAccessReachesTheMappingOfItsRow) {
   EXPECT_EQ(r.no_device_past_end, 26933u);
   EXPECT_EQ(r.routed, 410888u - 3289u - 26933u);
   EXPECT_EQ(r.changes, 356u);
-  EXPECT_EQ(r.commits,
-            GetParam() == CommitGranularity::kBurst ? 89u : 356u);
+  EXPECT_EQ(r.commits, GetParam() == CommitGranularity::kBurst ? 89u : 356u);
   // 51 ranges of the map, one device per map row (191).
   EXPECT_EQ(r.devices_built, 51u + 191u);
 }

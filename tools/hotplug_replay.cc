@@ -103,8 +103,7 @@ class ReplayDevice final : public DevicePio, public DeviceMmio {
   void Enter(BusKind bus, uint64_t base, uint64_t offset, size_t len) const {
     // relaxed: see the destructor.
     if (magic_.load(std::memory_order_relaxed) != kAlive) {
-      counters_->handler_on_dead_device.fetch_add(1,
-                                                  std::memory_order_relaxed);
+      counters_->handler_on_dead_device.fetch_add(1, std::memory_order_relaxed);
     }
     // seq_cst: see the destructor.
     in_flight_.fetch_add(1);
@@ -131,10 +130,10 @@ class ReplayDevice final : public DevicePio, public DeviceMmio {
 // One time a mapping was live: its device's serial and the writer's stamps.
 struct Incarnation {
   uint64_t serial;
-  uint64_t start;                // before the publishing call
-  uint64_t reg_done = kUnset;    // after it returned
-  uint64_t dereg_begin = kUnset; // before the unpublishing call
-  uint64_t end = kUnset;         // after it returned
+  uint64_t start;                 // before the publishing call
+  uint64_t reg_done = kUnset;     // after it returned
+  uint64_t dereg_begin = kUnset;  // before the unpublishing call
+  uint64_t end = kUnset;          // after it returned
 };
 
 // One change to apply: map or unmap mapping `range`.
@@ -149,8 +148,8 @@ void AddProblem(std::vector<std::string>& problems, std::string what) {
 }
 
 std::string DescribeAccess(size_t row, const Access& a) {
-  return absl::StrFormat("access %d (vcpu %d, %s %s 0x%x size %d)", row,
-                         a.vcpu, a.bus == BusKind::kPio ? "pio" : "mmio",
+  return absl::StrFormat("access %d (vcpu %d, %s %s 0x%x size %d)", row, a.vcpu,
+                         a.bus == BusKind::kPio ? "pio" : "mmio",
                          a.write ? "w" : "r", a.addr, a.size);
 }
 
@@ -201,9 +200,9 @@ class Writer {
     const uint64_t errors = errors_;
     ApplyBatch(ops);
     if (errors_ != errors) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot register the initial map: ",
-          problems.empty() ? std::string("?") : problems.back()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot register the initial map: ",
+                       problems.empty() ? std::string("?") : problems.back()));
     }
     commit_stamps.clear();
     commits = 0;
@@ -354,9 +353,7 @@ class Writer {
     }
     for (size_t i = 0; i < ops.size(); ++i) {
       serial_of[ops[i].range] =
-          live_[ops[i].range] == nullptr
-              ? 0
-              : log_[ops[i].range].back().serial;
+          live_[ops[i].range] == nullptr ? 0 : log_[ops[i].range].back().serial;
     }
     commit_stamps.emplace_back(first_stamp, last_stamp);
     ++commits;
@@ -432,8 +429,7 @@ class Writer {
   void CheckOneRemoved(const Op& op, uint64_t base, uint64_t size,
                        const void* device, const void* expected) {
     const MapRange& r = t_.ranges[op.range];
-    if (base != r.first || size != r.last - r.first + 1 ||
-        device != expected) {
+    if (base != r.first || size != r.last - r.first + 1 || device != expected) {
       Error(absl::StrFormat(
           "unmapping [0x%x, 0x%x] '%s' removed base 0x%x size %d, %s device",
           r.first, r.last, r.name, base, size,
@@ -496,8 +492,8 @@ struct ThreadCounts {
 // Replays rows[*cursor..] below `end` (an access index) on this thread.
 void OrderedStretch(const ChangeTrace& t, const IoManager& manager,
                     const std::vector<uint64_t>& serial_of,
-                    const std::vector<size_t>& rows, size_t end,
-                    size_t* cursor, ThreadCounts& c) {
+                    const std::vector<size_t>& rows, size_t end, size_t* cursor,
+                    ThreadCounts& c) {
   Observation obs;
   tls_observation = &obs;
   uint8_t buf[8];
@@ -540,11 +536,11 @@ void OrderedStretch(const ChangeTrace& t, const IoManager& manager,
             DescribeAccess(i, a),
             obs.range < 0 ? std::string("nothing") : t.ranges[obs.range].name,
             obs.range, obs.serial, obs.base, obs.offset,
-            want < 0 ? std::string("no device")
-                     : absl::StrFormat("'%s' at 0x%x (mapping %d, serial %d)",
-                                       t.ranges[want].name,
-                                       t.ranges[want].first, want,
-                                       serial_of[want])));
+            want < 0
+                ? std::string("no device")
+                : absl::StrFormat("'%s' at 0x%x (mapping %d, serial %d)",
+                                  t.ranges[want].name, t.ranges[want].first,
+                                  want, serial_of[want])));
   }
   tls_observation = nullptr;
 }
@@ -579,7 +575,7 @@ double ReplayOrdered(const ChangeTrace& t, const IoManager& manager,
             s < bursts.size() ? bursts[s].before : t.accesses.size();
         OrderedStretch(t, manager, writer.serial_of, rows[k], end, &cursor,
                        counts[k]);
-        sync.arrive_and_wait();  // A
+        sync.arrive_and_wait();                         // A
         if (s < bursts.size()) sync.arrive_and_wait();  // B
       }
     });
@@ -638,9 +634,9 @@ void RacingRows(const ChangeTrace& t, const IoManager& manager,
         std::chrono::duration<double, std::nano>(l1 - l0).count());
     r.range = obs.calls > 0 ? obs.range : -1;
     r.status = s;
-    r.shape_ok = obs.calls == 0 ||
-                 (obs.range >= 0 &&
-                  ShapeMatches(obs, t.ranges[obs.range], a, buf));
+    r.shape_ok =
+        obs.calls == 0 ||
+        (obs.range >= 0 && ShapeMatches(obs, t.ranges[obs.range], a, buf));
   }
   tls_observation = nullptr;
 }
@@ -747,19 +743,17 @@ double ReplayRacing(const ChangeTrace& t, const IoManager& manager,
       all.push_back(r.latency_ns);
       // Overlapped a commit: the first commit ending at or after t0 began
       // before t1.
-      auto c = std::lower_bound(
-          commits.begin(), commits.end(), r.t0,
-          [](const std::pair<uint64_t, uint64_t>& c, uint64_t t0) {
-            return c.second < t0;
-          });
+      auto c = std::lower_bound(commits.begin(), commits.end(), r.t0,
+                                [](const std::pair<uint64_t, uint64_t>& c,
+                                   uint64_t t0) { return c.second < t0; });
       if (c != commits.end() && c->first < r.t1) {
         overlapped.push_back(r.latency_ns);
       }
       if (r.status == IoStatus::kOk) {
         const Incarnation* inc =
             r.range >= 0 ? FindSerial(log[r.range], r.serial) : nullptr;
-        if (r.range >= 0 && r.shape_ok && inc != nullptr &&
-            inc->start < r.t1 && (inc->end == kUnset || inc->end >= r.t0)) {
+        if (r.range >= 0 && r.shape_ok && inc != nullptr && inc->start < r.t1 &&
+            (inc->end == kUnset || inc->end >= r.t0)) {
           ++result.routed;
         } else {
           ++result.misrouted;
@@ -780,18 +774,20 @@ double ReplayRacing(const ChangeTrace& t, const IoManager& manager,
       for (size_t m = 0; m < t.ranges.size() && !certain; ++m) {
         if (Holds(t.ranges[m], a) && CertainlyPublished(log[m], r.t0, r.t1)) {
           certain = true;
-          AddProblem(result.problems,
-                     absl::StrFormat("%s: %s although '%s' [0x%x, 0x%x] was "
-                                     "mapped throughout [%d, %d)",
-                                     DescribeAccess(i, a), IoStatusName(r.status),
-                                     t.ranges[m].name, t.ranges[m].first,
-                                     t.ranges[m].last, r.t0, r.t1));
+          AddProblem(
+              result.problems,
+              absl::StrFormat("%s: %s although '%s' [0x%x, 0x%x] was "
+                              "mapped throughout [%d, %d)",
+                              DescribeAccess(i, a), IoStatusName(r.status),
+                              t.ranges[m].name, t.ranges[m].first,
+                              t.ranges[m].last, r.t0, r.t1));
         }
       }
       if (r.range >= 0) {
         ++result.misrouted;
-        AddProblem(result.problems, absl::StrCat(DescribeAccess(i, a),
-                                                 ": a device ran on no device"));
+        AddProblem(
+            result.problems,
+            absl::StrCat(DescribeAccess(i, a), ": a device ran on no device"));
       } else if (certain || r.status != IoStatus::kDeviceNotFound) {
         ++result.unexpected;
       } else {
@@ -824,8 +820,8 @@ std::vector<std::vector<size_t>> RowsPerVcpu(const std::vector<Access>& a) {
 }
 
 std::vector<std::vector<size_t>> RowsRoundRobin(size_t accesses, int threads) {
-  std::vector<std::vector<size_t>> rows(static_cast<size_t>(
-      std::max(threads, 1)));
+  std::vector<std::vector<size_t>> rows(
+      static_cast<size_t>(std::max(threads, 1)));
   for (size_t i = 0; i < accesses; ++i) rows[i % rows.size()].push_back(i);
   return rows;
 }

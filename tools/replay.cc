@@ -334,8 +334,7 @@ int Main() {
                  static_cast<long long>(interval_us));
     return kExitBadInput;
   }
-  absl::StatusOr<ChangeTrace> change_trace =
-      LoadChangeTrace(trace_path, *map);
+  absl::StatusOr<ChangeTrace> change_trace = LoadChangeTrace(trace_path, *map);
   if (!change_trace.ok()) {
     std::fprintf(stderr, "replay: %s\n",
                  std::string(change_trace.status().message()).c_str());
@@ -343,7 +342,8 @@ int Main() {
   }
   if (!change_trace->changes.empty() || mode == "racing") {
     HotplugReplayOptions options;
-    options.mode = mode == "racing" ? ReplayMode::kRacing : ReplayMode::kOrdered;
+    options.mode =
+        mode == "racing" ? ReplayMode::kRacing : ReplayMode::kOrdered;
     options.commit = commit == "change" ? CommitGranularity::kChange
                                         : CommitGranularity::kBurst;
     options.change_interval_us = interval_us;

@@ -406,8 +406,8 @@ absl::Status ParseChange(const LineReader& in, const absl::string_view* f,
                                  " (expected '-')"));
   }
   if (f[6].empty() || f[6] == "-") {
-    return in.Error(absl::StrCat("bad device name ", Quote(f[6]), " in a ",
-                                 op, " row"));
+    return in.Error(
+        absl::StrCat("bad device name ", Quote(f[6]), " in a ", op, " row"));
   }
   const uint64_t last = *first + (*size - 1);
   MapChange c{*bus, map, *first, *size, -1, -1, before, in.line_number()};
@@ -417,8 +417,8 @@ absl::Status ParseChange(const LineReader& in, const absl::string_view* f,
           "map of ", BusName(*bus), " [", f[3], ", 0x", absl::Hex(last), "] ",
           Quote(f[6]), " overlaps the live range ", Describe(t, o)));
     }
-    auto [it, added] = name_index.emplace(
-        std::string(f[6]), static_cast<int32_t>(t.names.size()));
+    auto [it, added] = name_index.emplace(std::string(f[6]),
+                                          static_cast<int32_t>(t.names.size()));
     if (added) t.names.emplace_back(f[6]);
     c.device = it->second;
     c.range = static_cast<int32_t>(t.ranges.size());
@@ -430,8 +430,8 @@ absl::Status ParseChange(const LineReader& in, const absl::string_view* f,
     if (r < 0 || t.ranges[r].last != last || t.ranges[r].name != f[6]) {
       const int32_t o = live.FindOverlap(*bus, *first, last);
       return in.Error(absl::StrCat(
-          "unmap of ", BusName(*bus), " [", f[3], ", 0x", absl::Hex(last),
-          "] ", Quote(f[6]), ": no such range is live",
+          "unmap of ", BusName(*bus), " [", f[3], ", 0x", absl::Hex(last), "] ",
+          Quote(f[6]), ": no such range is live",
           o < 0 ? std::string(" (nothing is mapped there)")
                 : absl::StrCat(" (the live range there is ", Describe(t, o),
                                ")")));
@@ -477,9 +477,9 @@ absl::StatusOr<ChangeTrace> Load(const std::string& path, const DeviceMap& map,
     }
     if (f[2] == "map" || f[2] == "unmap") {
       if (!allow_changes) {
-        return in.Error(absl::StrCat(
-            "a ", f[2],
-            " row: this trace changes the map; load it with LoadChangeTrace()"));
+        return in.Error(absl::StrCat("a ", f[2],
+                                     " row: this trace changes the map; load "
+                                     "it with LoadChangeTrace()"));
       }
       absl::Status s = ParseChange(in, f, f[2] == "map", t.accesses.size(),
                                    name_index, live, t);
@@ -504,10 +504,10 @@ absl::StatusOr<ChangeTrace> Load(const std::string& path, const DeviceMap& map,
     } else if (f[2] == "w") {
       a.write = true;
     } else {
-      return in.Error(absl::StrCat(
-          "unknown op ", Quote(f[2]),
-          allow_changes ? " (expected 'r', 'w', 'map' or 'unmap')"
-                        : " (expected 'r' or 'w')"));
+      return in.Error(
+          absl::StrCat("unknown op ", Quote(f[2]),
+                       allow_changes ? " (expected 'r', 'w', 'map' or 'unmap')"
+                                     : " (expected 'r' or 'w')"));
     }
     const std::optional<uint64_t> addr = ParseHex(f[3]);
     if (!addr) return in.Error(absl::StrCat("bad hex address ", Quote(f[3])));
