@@ -26,6 +26,15 @@
 //                         write that does not match the doorbell's size or
 //                         value. No eventfd was signalled, no device called.
 //
+// Example (a vCPU loop turning the answer into open-bus behaviour):
+//
+//   uint8_t v[4];
+//   vm_device::IoStatus s = io.MmioRead(vm_device::MmioAddress(gpa), v);
+//   if (s != vm_device::IoStatus::kOk) {
+//     std::fill(std::begin(v), std::end(v), 0xff);  // no device: all ones
+//     LOG_EVERY_N(INFO, 1000) << "MMIO read at " << gpa << ": " << s;
+//   }
+//
 // Thread safety, progress, memory ordering, lifetime: a plain value.
 
 #ifndef VM_DEVICE_IO_STATUS_H_
