@@ -141,6 +141,37 @@ TEST(AccessInfo, HandlerSeesVcpuIdAndFullAddressOnBothBuses) {
   EXPECT_EQ(s.calls, 2);
 }
 
+// An exclusive device under LockedDevice asks CurrentVcpuId() itself.
+TEST(AccessInfo, LockedDeviceHandlersReadCurrentVcpuId) {
+  class Banked final : public MutDeviceMmio {
+   public:
+    void MmioRead(MmioAddress, MmioAddressOffset,
+                  absl::Span<uint8_t> data) override {
+      for (auto& b : data) b = static_cast<uint8_t>(CurrentVcpuId());
+    }
+    void MmioWrite(MmioAddress, MmioAddressOffset,
+                   absl::Span<const uint8_t>) override {}
+  };
+  IoManager io;
+  ASSERT_TRUE(io.RegisterMmio(Mmio(0x1000, 0x10), MakeLocked<Banked>()).ok());
+  std::vector<std::thread> vcpus;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    vcpus.emplace_back([&, t] {
+      VcpuThread vcpu(t);
+      for (int i = 0; i < 1000; ++i) {
+        uint8_t v[2] = {};
+        if (io.MmioRead(MmioAddress(0x1004), v) != IoStatus::kOk || v[0] != t ||
+            v[1] != t) {
+          wrong.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& v : vcpus) v.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
 TEST(AccessInfo, NestedVcpuThreadRestoresThePreviousId) {
   VcpuThread outer(1);
   {

@@ -16,6 +16,12 @@
 //   * `CurrentVcpuId()`: the vCPU id of the calling thread, as set by
 //     `VcpuThread(vcpu_id)` (vcpu_thread.h); `kNoVcpu` on any other thread.
 //
+// Exclusive devices (`MutDevicePio` / `MutDeviceMmio` under `LockedDevice`),
+// and any other code, can call `CurrentVcpuId()` themselves: every handler
+// runs on the thread that dispatched the access, so it returns the id of the
+// vCPU that made it (the full address of a crate-signature handler is
+// `base + offset`).
+//
 // Devices that do not opt in keep the crate's handler signatures
 // (device.h) and pay nothing: the bus tells the two apart when a snapshot is
 // built (a tag in the range's slot), not per access. An opted-in device costs
