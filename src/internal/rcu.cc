@@ -121,10 +121,15 @@ class Reclaimer {
   }
 
   void Push(std::unique_ptr<Retired> r, bool urgent) noexcept {
+    bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
       Retired* const p = r.release();
       p->next_ = nullptr;
+      // The reclaimer waits for a non-empty queue, then (within the window)
+      // for an urgent push: only those two need to wake it. Under a storm of
+      // changes this keeps futex wake-ups to about one per window.
+      wake = tail_ == nullptr || (urgent && !urgent_);
       if (tail_ == nullptr) {
         head_ = p;
       } else {
@@ -133,7 +138,7 @@ class Reclaimer {
       tail_ = p;
       urgent_ = urgent_ || urgent;
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
   }
 
   bool OnThread() const { return std::this_thread::get_id() == thread_id_; }
