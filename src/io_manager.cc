@@ -547,6 +547,8 @@ absl::Status IoManager::RegisterMmioResources(
 absl::Status IoManager::RegisterResourcesImpl(
     std::shared_ptr<DevicePio> pio, std::shared_ptr<DeviceMmio> mmio,
     absl::Span<const Resource> resources, bool want_pio, bool want_mmio) {
+  // No device pointer for either bus: the caller's pointer was null.
+  const bool null_device = pio == nullptr && mmio == nullptr;
   // The batch, MMIO ranges first then PIO ranges (the crate's order), and
   // for each change the index of the resource it came from.
   IoBatch batch;
@@ -568,8 +570,8 @@ absl::Status IoManager::RegisterResourcesImpl(
       if (mmio == nullptr) {
         return absl::InvalidArgumentError(
             absl::StrCat(describe(i, *r, "MMIO"),
-                         want_pio ? "the device does not implement DeviceMmio"
-                                  : "null device"));
+                         null_device ? "null device"
+                                     : "the device does not implement DeviceMmio"));
       }
       batch.AddMmio(*range, mmio);
       origin.push_back(i);
@@ -587,14 +589,21 @@ absl::Status IoManager::RegisterResourcesImpl(
       if (pio == nullptr) {
         return absl::InvalidArgumentError(
             absl::StrCat(describe(i, *r, "PIO"),
-                         want_mmio ? "the device does not implement DevicePio"
-                                   : "null device"));
+                         null_device ? "null device"
+                                     : "the device does not implement DevicePio"));
       }
       batch.AddPio(*range, pio);
       origin.push_back(i);
     }
   }
-  if (batch.empty()) return absl::OkStatus();
+  if (batch.empty()) {
+    // Nothing to register; a null device is still refused.
+    if (null_device) {
+      return absl::InvalidArgumentError(
+          "null device (and no address range to register it on)");
+    }
+    return absl::OkStatus();
+  }
 
   WriterLock lock(&writer_mu_);
   size_t failed = 0;

@@ -684,6 +684,7 @@ class Run {
         }
       }
     }
+    if (dev >= kDevices) want = absl::StatusCode::kInvalidArgument;
     for (const auto& [pio, r] : order) {
       if (!ModelBus::ValidRange(next.bus(pio).max, r.first, r.second) ||
           dev >= kDevices) {
