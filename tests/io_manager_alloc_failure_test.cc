@@ -2,9 +2,10 @@
 //
 // This binary replaces the global operator new with one that throws
 // std::bad_alloc when a per-thread countdown reaches zero. For each
-// registration path (a scenario below) and each k = 1, 2, ..., a forked child
-// builds a manager, arms the countdown so that the k-th allocation of the
-// calling thread during the operation fails, runs the operation and checks:
+// registration path (a scenario below), a forked child runs, for each k = 1,
+// 2, ..., a fresh manager, arms the countdown so that the k-th allocation of
+// the calling thread during the operation fails, runs the operation and
+// checks:
 //
 //   * the writers' master copy (PioDevice/MmioDevice) equals the published
 //     snapshot (VisitPioDevice/VisitMmioDevice) at every probed address;
@@ -23,10 +24,15 @@
 // k grows until the operation runs to its end without the countdown firing:
 // then every allocation point of that path has been made to fail once. The
 // process forks before it ever touches the library, so every child starts
-// with no reclaimer thread and no registered threads.
+// with no reclaimer thread and no registered threads; a crash, a hang (an
+// alarm) or a failed check ends the child and names the path and the
+// allocation. (One child per path rather than per allocation point: a fork
+// costs about a second under ThreadSanitizer.)
 
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <atomic>
 #include <cstdint>
@@ -232,8 +238,13 @@ struct State {
   bool operator==(const State&) const = default;
 };
 
+// The path and allocation point being tried, for failure messages.
+const char* g_scenario = "";
+long g_point = 0;
+
 [[noreturn]] void Fail(const std::string& what) {
-  std::fprintf(stderr, "CHECK FAILED: %s\n", what.c_str());
+  std::fprintf(stderr, "CHECK FAILED (%s, allocation #%ld failing): %s\n",
+               g_scenario, g_point, what.c_str());
   std::fflush(stderr);
   _exit(1);
 }
@@ -289,10 +300,10 @@ State Observe(const IoManager& m, const char* when) {
   }
   uint8_t byte = 0;
   for (uint64_t a : PioProbes()) {
-    m.PioRead(PioAddress(a), absl::MakeSpan(&byte, 1));
+    (void)m.PioRead(PioAddress(a), absl::MakeSpan(&byte, 1));
   }
   for (uint64_t a : MmioProbes()) {
-    m.MmioRead(MmioAddress(a), absl::MakeSpan(&byte, 1));
+    (void)m.MmioRead(MmioAddress(a), absl::MakeSpan(&byte, 1));
   }
   return snapshot;
 }
@@ -478,13 +489,21 @@ std::vector<Scenario> Scenarios() {
   };
 }
 
-// Child exit codes.
-constexpr int kFired = 10;       // the k-th allocation failed; checks passed
-constexpr int kNotReached = 11;  // the operation made fewer than k; passed
+void ResetDevices() {
+  for (int i = 0; i < g_devices; ++i) g_destroyed[i].store(false);
+  g_devices = 0;
+  g_park_device.store(-1);
+  g_parked.store(false);
+  g_release.store(false);
+}
 
-// Runs `sc` once with the k-th allocation failing (k = 0: none), checks, and
-// returns the exit code. Also sets *expected_code from a run without failure.
-int RunChild(const Scenario& sc, long k) {
+// Runs `sc` with the k-th allocation of the operation failing, and checks.
+// Returns whether the countdown fired (false: the operation makes fewer than
+// k allocations).
+bool RunPoint(const Scenario& sc, long k) {
+  g_scenario = sc.name;
+  g_point = k;
+  ResetDevices();
   // A reference run without allocation failure: the truthful outcome.
   absl::StatusCode expected_code;
   State expected_after;
@@ -496,8 +515,7 @@ int RunChild(const Scenario& sc, long k) {
     expected_after = Observe(m, "reference run");
     Check(m.Synchronize().ok(), "Synchronize");
   }
-  for (int i = 0; i < g_devices; ++i) g_destroyed[i].store(false);
-  g_devices = 0;
+  ResetDevices();
 
   IoManager m;
   Setup(m);
@@ -514,7 +532,7 @@ int RunChild(const Scenario& sc, long k) {
     g_park_device.store(parked_device);
     reader = std::thread([&m, addr = sc.park_pio] {
       uint8_t b;
-      m.PioRead(PioAddress(addr), absl::MakeSpan(&b, 1));
+      (void)m.PioRead(PioAddress(addr), absl::MakeSpan(&b, 1));
     });
     while (!g_parked.load()) std::this_thread::yield();
   }
@@ -569,42 +587,54 @@ int RunChild(const Scenario& sc, long k) {
                                        " is mapped nowhere but still alive");
     }
   }
-  return fired ? kFired : kNotReached;
+  return fired;
 }
 
-// Forks a child per allocation point of `sc`; returns the number of points,
-// or a failure.
+constexpr long kMaxPoints = 400;
+
+// In a forked child: every allocation point of `sc`, in turn. Exit status 0
+// and the number of points written to `fd`, or a failure.
+[[noreturn]] void ChildMain(const Scenario& sc, int fd) {
+  alarm(60);  // a hang (a grace period that never ends) fails the child
+  long k = 1;
+  while (k <= kMaxPoints && RunPoint(sc, k)) ++k;
+  if (k > kMaxPoints) Fail("more allocation points than the test allows");
+  const long points = k - 1;
+  if (write(fd, &points, sizeof points) != sizeof points) _exit(3);
+  _exit(0);
+}
+
+// Forks a child for `sc`; returns the number of allocation points, or a
+// failure.
 ::testing::AssertionResult EveryAllocationPoint(const Scenario& sc,
                                                 long* points) {
-  constexpr long kMaxPoints = 400;
-  for (long k = 1; k <= kMaxPoints; ++k) {
-    std::fflush(nullptr);
-    const pid_t pid = fork();
-    if (pid < 0) return ::testing::AssertionFailure() << "fork failed";
-    if (pid == 0) {
-      alarm(30);  // a hang (a grace period that never ends) fails the child
-      _exit(RunChild(sc, k));
-    }
-    int wstatus = 0;
-    if (waitpid(pid, &wstatus, 0) != pid) {
-      return ::testing::AssertionFailure() << "waitpid failed";
-    }
-    if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == kFired) continue;
-    if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == kNotReached) {
-      *points = k - 1;
-      return ::testing::AssertionSuccess();
-    }
-    auto failure = ::testing::AssertionFailure()
-                   << sc.name << ": allocation #" << k << " failing: ";
-    if (WIFSIGNALED(wstatus)) {
-      return failure << "the child died of signal " << WTERMSIG(wstatus)
-                     << " (see its stderr above)";
-    }
-    return failure << "the child exited " << WEXITSTATUS(wstatus)
-                   << " (see its stderr above)";
+  int fds[2];
+  if (pipe(fds) != 0) return ::testing::AssertionFailure() << "pipe failed";
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) return ::testing::AssertionFailure() << "fork failed";
+  if (pid == 0) {
+    close(fds[0]);
+    ChildMain(sc, fds[1]);
   }
-  return ::testing::AssertionFailure()
-         << sc.name << ": more than " << kMaxPoints << " allocations";
+  close(fds[1]);
+  const bool got = read(fds[0], points, sizeof *points) == sizeof *points;
+  close(fds[0]);
+  int wstatus = 0;
+  if (waitpid(pid, &wstatus, 0) != pid) {
+    return ::testing::AssertionFailure() << "waitpid failed";
+  }
+  if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0 && got) {
+    return ::testing::AssertionSuccess();
+  }
+  auto failure = ::testing::AssertionFailure() << sc.name << ": ";
+  if (WIFSIGNALED(wstatus)) {
+    return failure << "the child died of signal " << WTERMSIG(wstatus)
+                   << (WTERMSIG(wstatus) == SIGALRM ? " (hung)" : "")
+                   << " (its stderr above names the allocation)";
+  }
+  return failure << "the child exited " << WEXITSTATUS(wstatus)
+                 << " (its stderr above says why)";
 }
 
 TEST(IoManagerAllocationFailure, EveryPointOfEveryRegistrationPath) {

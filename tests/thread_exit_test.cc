@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -100,7 +102,7 @@ int Child(Late what) {
       late_user.manager = manager;  // constructed here, before any dispatch
       late_user.what = what;
       uint8_t b;
-      manager->PioRead(PioAddress(0x61), absl::MakeSpan(&b, 1));
+      (void)manager->PioRead(PioAddress(0x61), absl::MakeSpan(&b, 1));
     }).join();
   }
   if (g_late_ok.load() != kLateThreads) {
@@ -111,7 +113,7 @@ int Child(Late what) {
   for (int i = 0; i < 16; ++i) {
     std::thread([manager] {
       uint8_t b;
-      manager->PioRead(PioAddress(0x60), absl::MakeSpan(&b, 1));
+      (void)manager->PioRead(PioAddress(0x60), absl::MakeSpan(&b, 1));
       if (!manager->Synchronize().ok()) Fail("Synchronize on a thread");
     }).join();
     if (!manager->Synchronize().ok()) Fail("Synchronize");
