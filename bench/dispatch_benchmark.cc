@@ -29,7 +29,11 @@
 //               trace_hotplug_1khz  the same at 1,000 changes per second.
 //   BM_Register/rcu/<one_by_one|batch>/ranges:<n>
 //     registering n ranges into an empty IoManager, one call per range or as
-//     one IoBatch (IoManager::Commit).
+//     one IoBatch (IoManager::Commit), in ascending address order.
+//   BM_Register/rcu/<one_by_one|batch>_<descending|random>/ranges:<n>
+//     the same ranges in descending address order (each insertion moves
+//     every range registered so far: the worst case) or in a random order
+//     (fixed seed).
 //   BM_Feature/<plain|with_info|ruled>/threads:<t>
 //   BM_Doorbell/<doorbell|device_eventfd|null_device>/threads:<t>
 //     the opt-in features (access info, access rules, eventfd doorbells);
@@ -458,8 +462,18 @@ void BM_Trace(benchmark::State& state, RunResults* results) {
 // manager serves the whole run: after each timed registration, one untimed
 // batch removes every range again. (Destroying a manager per iteration would
 // wait for an RCU barrier each time, which dominates the run's wall time.)
-void BM_Register(benchmark::State& state, int ranges, bool batch) {
-  const std::vector<RangeSpec>& map = CachedMap(ranges);
+// The order BM_Register registers the ranges in.
+enum class RegisterOrder { kAscending, kDescending, kRandom };
+
+void BM_Register(benchmark::State& state, int ranges, bool batch,
+                 RegisterOrder order = RegisterOrder::kAscending) {
+  std::vector<RangeSpec> map = CachedMap(ranges);  // ascending bases
+  if (order == RegisterOrder::kDescending) {
+    std::reverse(map.begin(), map.end());
+  } else if (order == RegisterOrder::kRandom) {
+    std::mt19937_64 rng(ranges);
+    std::shuffle(map.begin(), map.end(), rng);
+  }
   RcuEngine engine;
   double total_s = 0;
   size_t bytes = 0;
@@ -480,8 +494,12 @@ void BM_Register(benchmark::State& state, int ranges, bool batch) {
     state.SetIterationTime(secs);
     total_s += secs;
     bytes = engine.manager().stats().snapshot_bytes;
+    // Untimed; from the top down, so that each removal moves nothing.
+    std::vector<uint64_t> bases;
+    for (const RangeSpec& r : map) bases.push_back(r.base);
+    std::sort(bases.rbegin(), bases.rend());
     IoBatch clear;
-    for (const RangeSpec& r : map) clear.RemoveMmio(MmioAddress(r.base));
+    for (uint64_t base : bases) clear.RemoveMmio(MmioAddress(base));
     s = engine.manager().Commit(std::move(clear)).status();
     if (!s.ok() || engine.manager().stats().mmio_ranges != 0) {
       state.SkipWithError(("clearing: " + s.ToString()).c_str());
@@ -797,6 +815,26 @@ void RegisterAll() {
           })
           ->UseManualTime()
           ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  // The same, in descending and in random address order (issue 8: a batch's
+  // cost depends on its order; see io_manager.h, "Time of a change").
+  for (bool batch : {false, true}) {
+    for (RegisterOrder order :
+         {RegisterOrder::kDescending, RegisterOrder::kRandom}) {
+      for (int ranges : {256, 4096}) {
+        benchmark::RegisterBenchmark(
+            absl::StrCat("BM_Register/rcu/", batch ? "batch" : "one_by_one",
+                         order == RegisterOrder::kDescending ? "_descending"
+                                                             : "_random",
+                         "/ranges:", ranges)
+                .c_str(),
+            [ranges, batch, order](benchmark::State& s) {
+              BM_Register(s, ranges, batch, order);
+            })
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
     }
   }
 }

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -16,10 +17,10 @@
 #include "absl/base/config.h"
 #include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "src/internal/range_hook.h"
 #include "src/internal/range_table.h"
@@ -52,11 +53,28 @@ absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
   return absl::Status(s.code(), absl::StrCat(prefix, s.message()));
 }
 
+// `s` with the prefix `make_prefix()` returns, or `s` unchanged if building
+// the message runs out of memory: error statuses are built after every
+// change has been undone, and out of memory there must not hide what
+// happened (the code stays truthful).
+template <typename F>
+absl::Status PrefixedOrBare(const absl::Status& s, F make_prefix) {
+  try {
+    return Prefixed(s, make_prefix());
+  } catch (const std::bad_alloc&) {
+    return s;
+  }
+}
+
+// The messages below use absl::StrCat, never absl::StrFormat: out of memory
+// inside StrFormat terminates the process (Debian's Abseil lets no exception
+// out of it); inside StrCat it throws std::bad_alloc, which the callers turn
+// into a status with the right code and no message.
 template <typename A>
 absl::Status NoRangeHolds(A addr) {
   return absl::NotFoundError(
-      absl::StrFormat("no %s range holds address 0x%x", A::kBusName,
-                      static_cast<uint64_t>(addr.value())));
+      absl::StrCat("no ", A::kBusName, " range holds address 0x",
+                   absl::Hex(static_cast<uint64_t>(addr.value()))));
 }
 
 template <typename A>
@@ -96,6 +114,8 @@ IoBatch& IoBatch::RemoveMmio(MmioAddress addr) {
 // -----------------------------------------------------------------------------
 
 IoManager::IoManager() {
+  // Now, so that retiring after a publish cannot fail (rcu.h).
+  internal::StartReclaimer();
   // In the body: the buses are declared after table_.
   WriterLock lock(&writer_mu_);
   // relaxed: no other thread can see the manager before it is constructed.
@@ -104,16 +124,23 @@ IoManager::IoManager() {
 }
 
 IoManager::~IoManager() {
-  // No dispatch may run now (REQUIRES), so nobody can hold the current
-  // snapshot: free it at once.
-  internal::RangeTableDeleter()(
-      const_cast<RangeTable*>(table_.load(std::memory_order_relaxed)));
-  WriterLock lock(&writer_mu_);
-  if (publishes_ > 0 && !internal::InReadSection() &&
-      !internal::OnReclaimThread()) {
+  bool changed;
+  {
+    WriterLock lock(&writer_mu_);
+    changed = publishes_ > 0;
+  }
+  // Without the writer mutex: a retired device's destructor, run by the
+  // reclaimer meanwhile, may still call stats() or Deregister*() on this
+  // manager (the manager is whole until the wait returns).
+  if (changed && !internal::InReadSection() && !internal::OnReclaimThread()) {
     // Release what earlier changes retired before the manager is gone.
     internal::WaitForRetired();
   }
+  // No dispatch may run now (REQUIRES), so nobody can hold the current
+  // snapshot: free it at once.
+  WriterLock lock(&writer_mu_);
+  internal::RangeTableDeleter()(
+      const_cast<RangeTable*>(table_.load(std::memory_order_relaxed)));
 }
 
 // -----------------------------------------------------------------------------
@@ -320,19 +347,53 @@ struct Undo {
   size_t index;  // kAdded*: the op that added; kRemoved*: index into Removed
 };
 
+// Why a change of a batch failed, recorded without allocating: the change
+// is undone first, and only then is the error message (which allocates, and
+// may throw std::bad_alloc) built from it, by Describe().
+struct Failure {
+  enum Kind { kNone, kNullDevice, kOverlap, kNotFound } kind = kNone;
+  std::variant<std::monostate, PioRange, MmioRange> clash;  // kOverlap
+  bool ok() const { return kind == kNone; }
+};
+
 // Applies one add of a batch. The overlap check comes first so that a
 // refused device stays in the batch (see the rollback in CommitLocked).
+// Never allocates (room reserved) and never throws.
 template <typename A, typename D, typename Op>
-absl::Status Add(Bus<A, std::shared_ptr<D>>& bus, Op& op, Undo undo_record,
-                 std::vector<Undo>& undo) {
-  if (op.device == nullptr) return NullDevice(op.range);
+Failure Add(Bus<A, std::shared_ptr<D>>& bus, Op& op, Undo undo_record,
+            std::vector<Undo>& undo) {
+  if (op.device == nullptr) return {Failure::kNullDevice, {}};
   if (std::optional<BusRange<A>> clash = bus.Overlapping(op.range)) {
-    return Bus<A, std::shared_ptr<D>>::OverlapError(op.range, *clash);
+    return {Failure::kOverlap, *clash};
   }
   // Cannot fail now (no overlap, room reserved), so op.device is not lost.
   bus.Register(op.range, std::move(op.device)).IgnoreError();
   undo.push_back(undo_record);
-  return absl::OkStatus();
+  return {};
+}
+
+// The error status of the change `op` (one alternative of IoBatch::Op) that
+// failed with `f`. If the message cannot be allocated, the status has the
+// right code and no message.
+template <typename Op>
+absl::Status Describe(const Op& op, const Failure& f) {
+  const absl::StatusCode code = f.kind == Failure::kNotFound
+                                    ? absl::StatusCode::kNotFound
+                                : f.kind == Failure::kOverlap
+                                    ? absl::StatusCode::kAlreadyExists
+                                    : absl::StatusCode::kInvalidArgument;
+  try {
+    if constexpr (requires { op.device; }) {
+      using A = typename decltype(op.range)::Address;
+      if (f.kind == Failure::kNullDevice) return NullDevice(op.range);
+      return Bus<A, int>::OverlapError(op.range,
+                                       std::get<BusRange<A>>(f.clash));
+    } else {
+      return NoRangeHolds(op.addr);
+    }
+  } catch (const std::bad_alloc&) {
+    return absl::Status(code, "");  // a message-less status never allocates
+  }
 }
 
 }  // namespace
@@ -386,58 +447,67 @@ absl::StatusOr<IoBatch::Removed> IoManager::CommitLocked(IoBatch& batch,
     }
   };
 
+  // From here until the publish, anything that leaves this function (an
+  // error return or an exception: std::bad_alloc from Build() or from the
+  // retirement record) undoes every change applied so far, so the master copy
+  // always matches the published snapshot.
+  absl::Cleanup undo_on_exit = rollback;
+
   const size_t n = batch.ops_.size();
   for (size_t i = 0; i < n; ++i) {
-    absl::Status s = std::visit(
+    const Failure f = std::visit(
         Overloaded{
-            [&](IoBatch::AddPioOp& op) -> absl::Status {
+            [&](IoBatch::AddPioOp& op) -> Failure {
               return Add(pio_bus_, op, Undo{Undo::kAddedPio, i}, undo);
             },
-            [&](IoBatch::AddMmioOp& op) -> absl::Status {
+            [&](IoBatch::AddMmioOp& op) -> Failure {
               return Add(mmio_bus_, op, Undo{Undo::kAddedMmio, i}, undo);
             },
-            [&](IoBatch::RemovePioOp& op) -> absl::Status {
+            [&](IoBatch::RemovePioOp& op) -> Failure {
               auto gone = pio_bus_.Deregister(op.addr);
               if (!gone) {
-                return op.must_exist ? NoRangeHolds(op.addr) : absl::OkStatus();
+                return op.must_exist ? Failure{Failure::kNotFound, {}}
+                                     : Failure{};
               }
               undo.push_back({Undo::kRemovedPio, removed.pio.size()});
               removed.pio.push_back(std::move(*gone));
-              return absl::OkStatus();
+              return {};
             },
-            [&](IoBatch::RemoveMmioOp& op) -> absl::Status {
+            [&](IoBatch::RemoveMmioOp& op) -> Failure {
               auto gone = mmio_bus_.Deregister(op.addr);
               if (!gone) {
-                return op.must_exist ? NoRangeHolds(op.addr) : absl::OkStatus();
+                return op.must_exist ? Failure{Failure::kNotFound, {}}
+                                     : Failure{};
               }
               undo.push_back({Undo::kRemovedMmio, removed.mmio.size()});
               removed.mmio.push_back(std::move(*gone));
-              return absl::OkStatus();
+              return {};
             },
         },
         batch.ops_[i]);
-    if (!s.ok()) {
+    if (!f.ok()) {
+      // Undo first, then build the message: nothing that can throw runs
+      // while the master copy differs from the published snapshot.
+      std::move(undo_on_exit).Cancel();
       rollback();
       if (failed != nullptr) *failed = i;
-      return s;
+      return std::visit([&](const auto& op) { return Describe(op, f); },
+                        batch.ops_[i]);
     }
   }
   if (undo.empty()) return removed;  // nothing changed: nothing to publish
 
-  // Everything that can fail comes before the publish.
-  internal::RangeTablePtr fresh;
-  std::unique_ptr<RetiredSnapshot> retired;
-  try {
-    fresh = RangeTable::Build(pio_bus_, mmio_bus_);
-    retired = std::make_unique<RetiredSnapshot>();
-    retired->devices.reserve(removed.pio.size() + removed.mmio.size());
-  } catch (...) {
-    rollback();
-    throw;
-  }
+  // Everything that can fail comes before the publish; a throw here runs the
+  // rollback (undo_on_exit).
+  internal::RangeTablePtr fresh = RangeTable::Build(pio_bus_, mmio_bus_);
+  auto retired = std::make_unique<RetiredSnapshot>();
+  retired->devices.reserve(removed.pio.size() + removed.mmio.size());
   for (const auto& [range, dev] : removed.pio) retired->devices.push_back(dev);
   for (const auto& [range, dev] : removed.mmio) retired->devices.push_back(dev);
+  std::move(undo_on_exit).Cancel();
 
+  // Nothing below allocates or throws: the change is published and retired
+  // whole, or (above) not at all.
   // relaxed: table_ is stored only here, under writer_mu_, which this thread
   // holds; the load reads this thread's (or a previous holder's) store.
   const RangeTable* old = table_.load(std::memory_order_relaxed);
@@ -447,7 +517,10 @@ absl::StatusOr<IoBatch::Removed> IoManager::CommitLocked(IoBatch& batch,
   retired->table.reset(const_cast<RangeTable*>(old));
   ++publishes_;
   // The old snapshot and the removed devices go after a grace period (C.1).
-  // Never waits, so this is safe inside a handler's read-side section.
+  // Never waits, so this is safe inside a handler's read-side section; never
+  // allocates or throws (an intrusive queue, reclaimer started by the
+  // constructor), so the published change is never reported as an exception
+  // and nothing is freed without its grace period.
   internal::Retire(std::move(retired));
   return removed;
 }
@@ -457,8 +530,9 @@ absl::StatusOr<IoBatch::Removed> IoManager::Commit(IoBatch batch) {
   size_t failed = 0;
   absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, &failed);
   if (r.ok() || batch.size() == 1) return r;
-  return Prefixed(r.status(), absl::StrCat("change ", failed + 1, " of ",
-                                           batch.size(), ": "));
+  return PrefixedOrBare(r.status(), [&] {
+    return absl::StrCat("change ", failed + 1, " of ", batch.size(), ": ");
+  });
 }
 
 absl::Status IoManager::RegisterPio(PioRange range,
@@ -508,9 +582,9 @@ absl::StatusOr<IoBatch> MoveBatch(const Bus<A, std::shared_ptr<D>>& bus, A addr,
   absl::StatusOr<BusRange<A>> moved =
       BusRange<A>::Create(new_base, entry->range.size());
   if (!moved.ok()) {
-    return Prefixed(
-        moved.status(),
-        absl::StrCat("cannot move ", entry->range.ToString(), ": "));
+    return PrefixedOrBare(moved.status(), [&] {
+      return absl::StrCat("cannot move ", entry->range.ToString(), ": ");
+    });
   }
   IoBatch batch;
   add(batch, addr, *moved, *entry->device);
@@ -529,7 +603,9 @@ absl::Status IoManager::MovePio(PioAddress addr, PioAddress new_base) {
                 });
   if (!batch.ok()) return batch.status();
   absl::StatusOr<IoBatch::Removed> r = CommitLocked(*batch, nullptr);
-  if (!r.ok()) return Prefixed(r.status(), "cannot move: ");
+  if (!r.ok()) {
+    return PrefixedOrBare(r.status(), [] { return "cannot move: "; });
+  }
   return absl::OkStatus();
 }
 
@@ -543,7 +619,9 @@ absl::Status IoManager::MoveMmio(MmioAddress addr, MmioAddress new_base) {
                 });
   if (!batch.ok()) return batch.status();
   absl::StatusOr<IoBatch::Removed> r = CommitLocked(*batch, nullptr);
-  if (!r.ok()) return Prefixed(r.status(), "cannot move: ");
+  if (!r.ok()) {
+    return PrefixedOrBare(r.status(), [] { return "cannot move: "; });
+  }
   return absl::OkStatus();
 }
 
@@ -566,14 +644,16 @@ absl::Status IoManager::RegisterMmioResources(
 absl::Status IoManager::RegisterResourcesImpl(
     std::shared_ptr<DevicePio> pio, std::shared_ptr<DeviceMmio> mmio,
     absl::Span<const Resource> resources, bool want_pio, bool want_mmio) {
+  // No device pointer for either bus: the caller's pointer was null.
+  const bool null_device = pio == nullptr && mmio == nullptr;
   // The batch, MMIO ranges first then PIO ranges (the crate's order), and
   // for each change the index of the resource it came from.
   IoBatch batch;
   std::vector<size_t> origin;
   auto describe = [](size_t i, const auto& r, const char* bus) {
-    return absl::StrFormat("resource #%d (%s base 0x%x size 0x%x): ", i, bus,
-                           static_cast<uint64_t>(r.base),
-                           static_cast<uint64_t>(r.size));
+    return absl::StrCat("resource #", i, " (", bus, " base 0x",
+                        absl::Hex(static_cast<uint64_t>(r.base)), " size 0x",
+                        absl::Hex(static_cast<uint64_t>(r.size)), "): ");
   };
   if (want_mmio) {
     for (size_t i = 0; i < resources.size(); ++i) {
@@ -587,8 +667,8 @@ absl::Status IoManager::RegisterResourcesImpl(
       if (mmio == nullptr) {
         return absl::InvalidArgumentError(
             absl::StrCat(describe(i, *r, "MMIO"),
-                         want_pio ? "the device does not implement DeviceMmio"
-                                  : "null device"));
+                         null_device ? "null device"
+                                     : "the device does not implement DeviceMmio"));
       }
       batch.AddMmio(*range, mmio);
       origin.push_back(i);
@@ -606,21 +686,29 @@ absl::Status IoManager::RegisterResourcesImpl(
       if (pio == nullptr) {
         return absl::InvalidArgumentError(
             absl::StrCat(describe(i, *r, "PIO"),
-                         want_mmio ? "the device does not implement DevicePio"
-                                   : "null device"));
+                         null_device ? "null device"
+                                     : "the device does not implement DevicePio"));
       }
       batch.AddPio(*range, pio);
       origin.push_back(i);
     }
   }
-  if (batch.empty()) return absl::OkStatus();
+  if (batch.empty()) {
+    // Nothing to register; a null device is still refused.
+    if (null_device) {
+      return absl::InvalidArgumentError(
+          "null device (and no address range to register it on)");
+    }
+    return absl::OkStatus();
+  }
 
   WriterLock lock(&writer_mu_);
   size_t failed = 0;
   absl::StatusOr<IoBatch::Removed> r = CommitLocked(batch, &failed);
   if (r.ok()) return absl::OkStatus();
-  return Prefixed(r.status(),
-                  absl::StrFormat("resource #%d: ", origin[failed]));
+  return PrefixedOrBare(r.status(), [&] {
+    return absl::StrCat("resource #", origin[failed], ": ");
+  });
 }
 
 size_t IoManager::DeregisterResources(absl::Span<const Resource> resources) {

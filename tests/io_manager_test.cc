@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -1090,6 +1092,73 @@ TEST(IoManager, ModelsThePioAndMmioManagerConcepts) {
   ASSERT_TRUE(io.RegisterMmio(Mmio(0x1000, 1), dev).ok());
   EXPECT_EQ(PokeBoth(io, 0x60, 0x1000, 5), IoStatus::kOk);
   EXPECT_EQ(dev->log().size(), 3u);
+}
+
+// Issue 8: a null device is refused by every resources call, whatever the
+// list holds, and the error says so.
+TEST(IoManager, ResourcesRefuseANullDeviceWhateverTheList) {
+  IoManager io;
+  const std::vector<Resource> none;
+  const std::vector<Resource> mmio = {Resource(MmioAddressRange{0x1000, 8})};
+  for (const absl::Status& s :
+       {io.RegisterPioResources(nullptr, none),
+        io.RegisterMmioResources(nullptr, none),
+        io.RegisterResources(std::shared_ptr<Recorder>(), none),
+        io.RegisterResources(std::shared_ptr<Recorder>(), mmio),
+        io.RegisterResources(std::shared_ptr<PioOnly>(), mmio)}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("null device"));
+  }
+  EXPECT_EQ(io.stats().publishes, 0u);
+}
+
+// A device that calls back into its manager from its destructor.
+class CallsBackWhenDestroyed final : public DevicePio {
+ public:
+  explicit CallsBackWhenDestroyed(IoManager* io, std::atomic<int>* calls)
+      : io_(io), calls_(calls) {}
+  ~CallsBackWhenDestroyed() override {
+    (void)io_->stats();
+    (void)io_->DeregisterPio(PioAddress(0x70));  // kNotFound; must not hang
+    calls_->fetch_add(1);
+  }
+  void PioRead(PioAddress, PioAddressOffset,
+               absl::Span<uint8_t>) const override {}
+  void PioWrite(PioAddress, PioAddressOffset,
+                absl::Span<const uint8_t>) const override {}
+
+ private:
+  IoManager* io_;
+  std::atomic<int>* calls_;
+};
+
+// Issue 8: ~IoManager waits for the reclaimer without the writer mutex, so a
+// retired device whose destructor calls stats() or Deregister*() on the
+// manager being destroyed does not hang it.
+TEST(IoManager, DestructorWaitsWithoutTheWriterMutex) {
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 2000 && !done.load(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!done.load()) {
+      std::fprintf(stderr, "~IoManager hung (writer mutex held?)\n");
+      std::abort();
+    }
+  });
+  std::atomic<int> calls{0};
+  for (int round = 0; round < 20; ++round) {
+    auto* io = new IoManager();
+    ASSERT_TRUE(io->RegisterPio(
+                      Pio(0x60, 4),
+                      std::make_shared<CallsBackWhenDestroyed>(io, &calls))
+                    .ok());
+    ASSERT_TRUE(io->DeregisterPio(PioAddress(0x60)).ok());  // retired
+    delete io;  // the device is destroyed during the destructor's wait
+  }
+  done.store(true);
+  watchdog.join();
+  EXPECT_EQ(calls.load(), 20);
 }
 
 }  // namespace

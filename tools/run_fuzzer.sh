@@ -5,8 +5,9 @@
 #
 #   tools/run_fuzzer.sh [seconds=60] [extra libFuzzer flags...]
 #
-# Exits non-zero on a crash, a sanitizer report or a model divergence (the
-# target aborts). New inputs go to a scratch corpus, not tests/fuzz/corpus;
+# Exits non-zero on a crash, a sanitizer report, a leak, a model divergence
+# (the target aborts), or if libFuzzer turned its per-input leak detection
+# off. Prints the total number of operations checked against the model. New inputs go to a scratch corpus, not tests/fuzz/corpus;
 # crash reproducers are left in the scratch directory, whose path is printed.
 # Run it longer with e.g. `tools/run_fuzzer.sh 3600 -jobs=2 -workers=2`.
 set -euo pipefail
@@ -33,7 +34,28 @@ mkdir -p "$work/corpus"
 
 cd "$work"
 echo "fuzzing for ${seconds} s"
-ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
+# Throughput (about twice the libFuzzer defaults, measured in README.md,
+# "Fuzzing"): -entropic=0 drops the entropic schedule's per-input feature
+# bookkeeping, the largest single cost of a run of this target; a 16 MiB
+# quarantine (instead of 256 MiB) and 8-frame allocation stacks cut ASan's
+# allocator work and page faults; allocations are not pre-filled. Flags given
+# after the seconds come later on the command line and override these.
+# Leak detection stays on for the whole run: every input ends with everything
+# it allocated freed (see the target), and the run fails if libFuzzer ever
+# turns per-input leak detection off.
+ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:quarantine_size_mb=16:malloc_context_size=8:max_malloc_fill_size=0}" \
   ./io_manager_fuzzer -max_total_time="$seconds" -print_final_stats=1 \
-  -max_len=512 "$@" corpus "$root/tests/fuzz/corpus"
-echo "fuzzer finished without crash or divergence (work dir: $work)"
+  -max_len=512 -entropic=0 "$@" corpus "$root/tests/fuzz/corpus" 2>&1 |
+  tee "$work/fuzz.log"
+status=${PIPESTATUS[0]}
+if [ "$status" -ne 0 ]; then
+  echo "fuzzer failed (exit $status); reproducers and log in $work" >&2
+  exit "$status"
+fi
+if grep -q "disabled leak detection" "$work/fuzz.log"; then
+  echo "FAIL: libFuzzer turned per-input leak detection off" >&2
+  exit 1
+fi
+echo "total: $(grep -h '^io_manager_fuzzer: ' "$work/fuzz.log" |
+  awk '{i += $2; o += $4} END {print i " inputs, " o " operations checked against the model"}')"
+echo "fuzzer finished without crash, divergence or leak (work dir: $work)"

@@ -40,6 +40,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "vm_device/address.h"
 
@@ -83,13 +84,19 @@ class BusRange {
   static absl::Status InvalidRangeError(A base, Value size) {
     if (size == 0) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("invalid %s range: size 0 at base 0x%x", A::kBusName,
-                          static_cast<uint64_t>(base.value())));
+          absl::StrCat("invalid ", A::kBusName, " range: size 0 at base 0x",
+                       absl::Hex(static_cast<uint64_t>(base.value()))));
     }
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "invalid %s range: base 0x%x size 0x%x runs past the last address 0x%x",
-        A::kBusName, static_cast<uint64_t>(base.value()),
-        static_cast<uint64_t>(size), static_cast<uint64_t>(A::kMax)));
+    // absl::StrCat rather than absl::StrFormat here and in ToString(): an
+    // allocation failure inside StrFormat terminates the process (Debian's
+    // Abseil lets no exception out of it), inside StrCat it throws
+    // std::bad_alloc, which IoManager turns into a message-less status.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid ", A::kBusName, " range: base 0x",
+        absl::Hex(static_cast<uint64_t>(base.value())), " size 0x",
+        absl::Hex(static_cast<uint64_t>(size)),
+        " runs past the last address 0x",
+        absl::Hex(static_cast<uint64_t>(A::kMax))));
   }
 
   // BusRange::base()
@@ -127,9 +134,9 @@ class BusRange {
   //
   // `PIO [0x3f8, 0x3ff]`.
   std::string ToString() const {
-    return absl::StrFormat("%s [0x%x, 0x%x]", A::kBusName,
-                           static_cast<uint64_t>(base_.value()),
-                           static_cast<uint64_t>(last().value()));
+    return absl::StrCat(A::kBusName, " [0x",
+                        absl::Hex(static_cast<uint64_t>(base_.value())), ", 0x",
+                        absl::Hex(static_cast<uint64_t>(last().value())), "]");
   }
 
   // Equality and ordering by base only; see the file comment.

@@ -45,10 +45,15 @@
 //
 // vCPU threads
 // ------------
-// Every thread that dispatches is registered with liburcu on its first
-// dispatch, and unregistered when it exits. To control this explicitly (say,
-// to register before the first VM exit), hold a `VcpuThread` (vcpu_thread.h)
-// for the thread's life. Nothing else is asked of vCPU threads.
+// Every thread that dispatches, visits (Visit*Device) or calls Synchronize()
+// is registered with liburcu on its first such call, and unregistered when it
+// exits: by a pthread key destructor, which glibc runs after all of the
+// thread's C++ thread_local destructors, so per-thread objects whose
+// destructors dispatch, visit or call Synchronize() are fine and the thread
+// still exits unregistered (tests/thread_exit_test.cc). To control this
+// explicitly (say, to register before the first VM exit), hold a `VcpuThread`
+// (vcpu_thread.h) for the thread's life. Nothing else is asked of vCPU
+// threads.
 //
 // Thread safety: every method may be called concurrently with every other,
 // from any thread, except the destructor (no other call may be running or
@@ -57,11 +62,20 @@
 //
 // Progress:
 //   Pio/MmioRead/Write, Visit*Device  wait-free (plus the handler's own cost)
-//   Register*/Deregister*/Move*/Commit blocking: writer mutex; O(n + k) for a
-//                                     change of k ranges on n; never waits
-//                                     for a grace period
-//   Pio/MmioDevice, *_count, stats    blocking: writer mutex
+//   Register*/Deregister*/Move*/Commit blocking: writer mutex; never waits
+//                                     for a grace period; time below
+//   Pio/MmioDevice, stats             blocking: writer mutex
 //   Synchronize                       blocking: waits for a grace period
+//
+// Time of a change of k ranges on n registered ones (all under the writer
+// mutex): O(n) to build the new snapshot, plus, per change, an insertion into
+// or an erase from the sorted master arrays, which moves every range above it:
+// O(k * (n + k)) in the worst case. A single registration is O(n). A change
+// moves only the ranges above its address, so a batch whose adds come in
+// ascending address order above every registered range, or whose removals
+// go from the top down, is O(n + k log n); adds in descending order and
+// removals in ascending order are the worst case (README.md, "Reliability
+// II", has BM_Register's figures for ascending, descending and random order).
 //
 // Memory ordering: a change is visible to every dispatch that starts after
 // (happens-after) the registration call returned. A dispatch racing with a
@@ -93,8 +107,22 @@
 //   * registers, deregisters or moves ranges, its own included: allowed, in
 //     one publish each, visible at once to later dispatches on every thread;
 //     a device that deregisters itself stays alive until its handlers return.
-//   * calls Synchronize() (or a destructor running on the reclaimer thread
-//     does): refused with kFailedPrecondition, at once.
+//   * calls Synchronize(): refused with kFailedPrecondition, at once. So is
+//     Synchronize() from a device destructor that runs on the library's
+//     reclaimer thread (the usual place); a destructor that runs elsewhere
+//     (the caller held the last reference) and outside any handler is an
+//     ordinary caller, and waits.
+//
+// Out of memory (std::bad_alloc) in a registration call: the manager is
+// never left half-changed and nothing is freed early. The call either
+// throws std::bad_alloc with the manager unchanged (the master copy and the
+// published snapshot both as before), or returns exactly what it would have
+// returned with memory to spare: the change applied and OK, or the same
+// error code with nothing changed, whose message may then be empty (an error
+// message that cannot be allocated is dropped, never the error). Nothing
+// after the publish allocates, so a published change is never reported as a
+// failure. tests/io_manager_alloc_failure_test.cc fails every allocation of
+// every registration path in turn and checks all of this.
 //
 // Slow handlers: a handler that takes long (or blocks) delays nothing but the
 // reclamation of what was retired meanwhile: other vCPUs keep dispatching, and
@@ -237,7 +265,9 @@ class VM_DEVICE_EXPORT IoManager {
   // Destroys the manager. REQUIRES: no call on it is running or will start.
   // Waits for a grace period if any change was made, so that every snapshot
   // and device it retired is released before it returns. Must not be called
-  // inside a handler.
+  // inside a handler. It does not hold the writer mutex while it waits: a
+  // retired device's destructor (run by the reclaimer meanwhile) may still
+  // call stats() or Deregister*() on the manager being destroyed.
   ~IoManager();
 
   IoManager(const IoManager&) = delete;
@@ -385,6 +415,8 @@ class VM_DEVICE_EXPORT IoManager {
   // released. After it returns, no handler of a range deregistered before the
   // call runs again. kFailedPrecondition (without waiting) when called from a
   // handler or on the reclaimer thread, where it would wait for itself.
+  // Registers the calling thread with liburcu (until it exits) if it is not
+  // registered yet, like a dispatch.
   absl::Status Synchronize() const;
 
   // IoManager::stats()

@@ -55,7 +55,8 @@
 // thread-local counter update; the search takes floor(log2 n) + 1 steps;
 // nothing loops on other threads. The device handler itself is the device's
 // business (a `LockedDevice` blocks on its own lock). Commit: blocking (the
-// writer mutex), O(n + k) for a batch of k changes on n ranges; never waits for
+// writer mutex), O(n) for the build plus O(n + k) per change of a batch in
+// the worst case (io_manager.h, "Time of a change"); never waits for
 // a grace period (reclamation is queued for the reclaimer thread), so it is safe inside a
 // handler.
 //

@@ -6,6 +6,8 @@
 
 // rcu.h includes liburcu (memb flavour), inline fast paths or not.
 
+#include <pthread.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <condition_variable>
@@ -54,13 +56,38 @@ inline void GraceAcquire() {
 #endif
 }
 
-// Unregisters the thread at exit if RegisterSlow() registered it.
+// The thread-exit hook of RegisterSlow(): a pthread key whose destructor
+// unregisters the thread. glibc runs key destructors after all of the
+// thread's C++ thread_local destructors (and again, up to
+// PTHREAD_DESTRUCTOR_ITERATIONS rounds, for keys set meanwhile), so a
+// thread_local destructor that dispatches finds the thread still registered,
+// and one that registers again re-arms the key.
+void UnregisterAtExit(void*) {
+  if (IsRegistered()) UnregisterForScope();
+}
+
+struct ExitKey {
+  pthread_key_t key;
+  bool ok;
+  ExitKey() : ok(pthread_key_create(&key, &UnregisterAtExit) == 0) {}
+};
+
+const ExitKey& GetExitKey() {
+  static const ExitKey* const key = new ExitKey();
+  return *key;
+}
+
+// The fallback when no pthread key could be had (the process ran out of
+// keys, or of memory for one): a thread_local destructor, which runs too
+// early for thread_local objects destroyed after it.
 struct ExitUnregister {
   bool armed = false;
   ~ExitUnregister() {
     if (armed && IsRegistered()) UnregisterForScope();
   }
 };
+
+}  // namespace
 
 // Reclaimer
 //
@@ -79,10 +106,12 @@ struct ExitUnregister {
 // WaitForRetired() cuts the wait short. Retirements are destroyed in the order
 // they were queued.
 //
-// Retire() only takes mu_ for a push_back; the reclaimer never holds mu_
-// while it waits for a grace period or runs destructors, so Retire() never
-// waits for a grace period (it is safe inside a read-side section), and a
-// destructor that retires more does not deadlock.
+// The queue is intrusive (Retired::next_), so Push() never allocates and
+// cannot fail: a writer calls it after its publish. Retire() only takes mu_
+// to link one object; the reclaimer never holds mu_ while it waits for a
+// grace period or runs destructors, so Retire() never waits for a grace
+// period (it is safe inside a read-side section), and a destructor that
+// retires more does not deadlock.
 class Reclaimer {
  public:
   static constexpr std::chrono::microseconds kDefaultWindow{1000};
@@ -92,13 +121,25 @@ class Reclaimer {
     return *reclaimer;
   }
 
-  void Push(std::unique_ptr<Retired> r, bool urgent) {
+  void Push(std::unique_ptr<Retired> r, bool urgent) noexcept {
+    bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      pending_.push_back(std::move(r));
+      Retired* const p = r.release();
+      p->next_ = nullptr;
+      // The reclaimer waits for a non-empty queue, then (within the window)
+      // for an urgent push: only those two need to wake it. Under a storm of
+      // changes this keeps futex wake-ups to about one per window.
+      wake = tail_ == nullptr || (urgent && !urgent_);
+      if (tail_ == nullptr) {
+        head_ = p;
+      } else {
+        tail_->next_ = p;
+      }
+      tail_ = p;
       urgent_ = urgent_ || urgent;
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
   }
 
   bool OnThread() const { return std::this_thread::get_id() == thread_id_; }
@@ -111,20 +152,25 @@ class Reclaimer {
   }
 
   void Loop() {
-    std::vector<std::unique_ptr<Retired>> batch;
     for (;;) {
+      Retired* batch = nullptr;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return !pending_.empty(); });
+        cv_.wait(lock, [this] { return head_ != nullptr; });
         if (window_.count() > 0) {
           cv_.wait_for(lock, window_, [this] { return urgent_; });
         }
-        batch.swap(pending_);
+        batch = head_;
+        head_ = tail_ = nullptr;
         urgent_ = false;
       }
       urcu_memb_synchronize_rcu();
       GraceAcquire();  // B: matches A in every reader that saw the batch
-      batch.clear();   // destructors run here, outside mu_
+      while (batch != nullptr) {  // destructors run here, outside mu_, in order
+        Retired* const next = batch->next_;
+        delete batch;
+        batch = next;
+      }
     }
   }
 
@@ -140,12 +186,11 @@ class Reclaimer {
   const std::chrono::microseconds window_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::unique_ptr<Retired>> pending_;  // guarded by mu_
-  bool urgent_ = false;                            // guarded by mu_
+  Retired* head_ = nullptr;  // guarded by mu_; oldest first
+  Retired* tail_ = nullptr;  // guarded by mu_
+  bool urgent_ = false;      // guarded by mu_
   std::thread::id thread_id_;
 };
-
-}  // namespace
 
 char tsan_grace_sync;
 
@@ -155,8 +200,14 @@ constinit thread_local bool tls_rcu_registered = false;
 
 void RegisterSlow() {
   if (IsRegistered()) return;
-  static thread_local ExitUnregister at_exit;
+  const ExitKey& exit_key = GetExitKey();
   RegisterForScope();
+  // Any non-null value arms the key's destructor for this thread.
+  if (exit_key.ok &&
+      pthread_setspecific(exit_key.key, &tsan_grace_sync) == 0) {
+    return;
+  }
+  static thread_local ExitUnregister at_exit;
   at_exit.armed = true;
 }
 
@@ -178,7 +229,9 @@ bool InReadSection() { return IsRegistered() && urcu_memb_read_ongoing() != 0; }
 
 bool OnReclaimThread() { return Reclaimer::Get().OnThread(); }
 
-void Retire(std::unique_ptr<Retired> r) {
+void StartReclaimer() { Reclaimer::Get(); }
+
+void Retire(std::unique_ptr<Retired> r) noexcept {
   Reclaimer::Get().Push(std::move(r), /*urgent=*/false);
 }
 

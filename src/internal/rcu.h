@@ -15,9 +15,16 @@
 // every vCPU thread go offline around KVM_RUN and report quiescent states.
 //
 // Registration: liburcu needs every thread that enters a read-side critical
-// section to be registered. `EnsureRegistered()`
-// registers the calling thread on first use and unregisters it when the
-// thread exits (a thread_local destructor); RegisterForScope() and
+// section to be registered. `EnsureRegistered()` registers the calling thread
+// on first use and unregisters it when the thread exits, with a pthread key
+// destructor rather than a thread_local destructor: glibc runs key
+// destructors after every C++ thread_local destructor of the thread, so a
+// thread_local object whose destructor dispatches, visits or calls
+// Synchronize() still finds the thread registered, and a thread that
+// registers again from another key's destructor re-arms the key (glibc runs
+// up to PTHREAD_DESTRUCTOR_ITERATIONS rounds). No thread exits registered,
+// which would leave a dangling entry in liburcu's registry (grace periods then
+// spin forever on it, or read freed memory). RegisterForScope() and
 // UnregisterForScope() (behind vm_device::VcpuThread) do it explicitly.
 //
 // Thread safety: every function may be called from any thread.
@@ -28,10 +35,10 @@
 // per change under a storm of changes. VM_DEVICE_RECLAIM_BATCH_US (read once)
 // sets the batching window in microseconds; 0 turns batching off.
 //
-// Thread safety: every function may be called from any thread.
-// Progress: ReadSection is wait-free. Retire() takes a mutex for a push_back
-// and never waits for a grace period, so it may be called inside a read-side
-// critical section. WaitForReaders() and WaitForRetired() block for a grace
+// Progress: ReadSection is wait-free. Retire() takes a mutex to link the
+// object into the reclaimer's queue (intrusive: it never allocates and never
+// throws) and never waits for a grace period, so it may be called inside a
+// read-side critical section, and right after a publish. WaitForReaders() and WaitForRetired() block for a grace
 // period and must not be called inside a read-side critical section (they
 // would wait for themselves) nor from the reclaimer thread.
 
@@ -155,14 +162,27 @@ class Retired {
   virtual ~Retired() = default;
   Retired(const Retired&) = delete;
   Retired& operator=(const Retired&) = delete;
+
+ private:
+  friend class Reclaimer;
+  Retired* next_ = nullptr;  // the reclaimer's queue (guarded by its mutex)
 };
+
+// StartReclaimer()
+//
+// Starts the reclaimer thread if it is not running yet. The only step of
+// retirement that can fail (std::bad_alloc, std::system_error); IoManager's
+// constructor calls it so that Retire() after a publish cannot.
+void StartReclaimer();
 
 // Retire()
 //
 // Destroys `r` after a grace period, on the library's reclaimer thread
 // (rcu.cc), usually within about a millisecond plus a grace period. Never
 // waits for a grace period; may be called inside a read-side critical section.
-void Retire(std::unique_ptr<Retired> r);
+// Never allocates and never throws once StartReclaimer() has returned: a
+// writer calls it after its publish, where nothing may fail.
+void Retire(std::unique_ptr<Retired> r) noexcept;
 
 // WaitForReaders()
 //
