@@ -385,7 +385,9 @@ TEST(RangeSearch, NoSearchTouchesOrPrefetchesOutsideItsArray) {
       }
       EXPECT_EQ(scope.bounds().outside, std::vector<std::string>{})
           << "btree, n=" << n;
-      if (n > 0) EXPECT_GT(scope.bounds().accesses, 0);
+      if (n > 0) {
+        EXPECT_GT(scope.bounds().accesses, 0);
+      }
     }
     // PIO keys: 32 per node.
     std::vector<uint16_t> pio;

@@ -35,6 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -264,6 +265,13 @@ struct BTreeShape {
 
 namespace btree_internal {
 
+// The number of keys[I] <= x over I: independent compares, no loop.
+template <typename V, size_t... I>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t CountUnrolled(
+    const V* keys, V x, std::index_sequence<I...>) {
+  return (static_cast<size_t>(keys[I] <= x) + ...);
+}
+
 // The number of the `kKeysPerNode<V>` keys at `node` that are <= x.
 template <typename V, typename Probe>
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t CountLessEqual(const V* node, V x) {
@@ -288,9 +296,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t CountLessEqual(const V* node, V x) {
                                _mm_extract_epi16(sums, 4));
   }
 #endif
-  size_t c = 0;
-  for (size_t i = 0; i < kB; ++i) c += static_cast<size_t>(keys[i] <= x);
-  return c;
+  return CountUnrolled(keys, x, std::make_index_sequence<kB>());
 }
 
 }  // namespace btree_internal
@@ -322,6 +328,35 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t BTreeFloor(const V* nodes,
   return le == 0 ? shape.n : floor;
 }
 
+// FillBTreeInner()
+//
+// Fills the non-leaf layers of `nodes` from its leaf layer, which must hold
+// the `shape.n` ascending keys followed by padding (the largest key value) to
+// the end of the layer. O(n / B).
+template <typename V>
+void FillBTreeInner(const BTreeShape& shape, V* nodes) {
+  constexpr size_t kB = kKeysPerNode<V>;
+  constexpr V kPad = std::numeric_limits<V>::max();
+  if (shape.height == 0) return;
+  const size_t n = shape.n;
+  const V* sorted = nodes + size_t{shape.offset[shape.height - 1]} * kB;
+  // child_span: the number of sorted keys under one node of layer h + 1.
+  size_t child_span = kB;
+  for (size_t h = shape.height - 1; h-- > 0;) {
+    V* layer = nodes + size_t{shape.offset[h]} * kB;
+    const size_t count = shape.count[h];
+    // Key j of node k: the smallest key under child k * (B + 1) + j + 1,
+    // whose first sorted index is that child times the child layer's span.
+    for (size_t k = 0; k < count; ++k) {
+      for (size_t j = 0; j < kB; ++j) {
+        const size_t first = (k * (kB + 1) + j + 1) * child_span;
+        layer[k * kB + j] = first < n ? sorted[first] : kPad;
+      }
+    }
+    child_span *= kB + 1;
+  }
+}
+
 // FillBTree()
 //
 // Lays out the `shape.n` ascending keys `sorted[i]` (any indexable) into
@@ -329,30 +364,14 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t BTreeFloor(const V* nodes,
 template <typename V, typename Sorted>
 void FillBTree(const BTreeShape& shape, const Sorted& sorted, V* nodes) {
   constexpr size_t kB = kKeysPerNode<V>;
-  constexpr V kPad = std::numeric_limits<V>::max();
-  const size_t n = shape.n;
-  // span: the number of sorted keys under one node of layer h.
-  size_t span = kB;
-  for (size_t h = shape.height; h-- > 0;) {
-    V* layer = nodes + size_t{shape.offset[h]} * kB;
-    const size_t count = shape.count[h];
-    if (h + 1 == shape.height) {
-      for (size_t i = 0; i < count * kB; ++i) {
-        layer[i] = i < n ? static_cast<V>(sorted[i]) : kPad;
-      }
-    } else {
-      // Key j of node k: the smallest key under child k * (B + 1) + j + 1,
-      // whose first sorted index is that child times the child layer's span.
-      const size_t child_span = span / (kB + 1);
-      for (size_t k = 0; k < count; ++k) {
-        for (size_t j = 0; j < kB; ++j) {
-          const size_t first = (k * (kB + 1) + j + 1) * child_span;
-          layer[k * kB + j] = first < n ? static_cast<V>(sorted[first]) : kPad;
-        }
-      }
-    }
-    span *= kB + 1;
+  if (shape.height == 0) return;
+  V* leaves = nodes + size_t{shape.offset[shape.height - 1]} * kB;
+  const size_t leaf_keys = size_t{shape.count[shape.height - 1]} * kB;
+  for (size_t i = 0; i < leaf_keys; ++i) {
+    leaves[i] = i < shape.n ? static_cast<V>(sorted[i])
+                            : std::numeric_limits<V>::max();
   }
+  FillBTreeInner(shape, nodes);
 }
 
 // CheckAccessShape()
