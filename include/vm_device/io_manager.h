@@ -28,8 +28,9 @@
 // ------------
 // The two buses are one immutable, sorted snapshot published through a single
 // pointer with liburcu (memb flavour). A dispatch enters an RCU read-side
-// critical section, loads the pointer, searches the range (a branch-free walk
-// of the bases in Eytzinger order, with prefetch), calls the
+// critical section, loads the pointer, finds the range (the thread's dispatch
+// hints, checked against the snapshot, or a B+-tree search of one cache line
+// per layer), calls the
 // device and leaves: no lock, no atomic read-modify-write, no store to shared
 // memory, no allocation, no reference count. Writers are serialized by one
 // writer mutex; each change builds a new snapshot and publishes it with one
