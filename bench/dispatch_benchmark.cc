@@ -115,8 +115,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "bench/engines.h"
-#include "src/internal/range_table.h"
 #include "benchmark/benchmark.h"
+#include "src/internal/range_table.h"
 #include "tools/trace_format.h"
 #include "vm_device/io_manager.h"
 
@@ -128,7 +128,9 @@ using Clock = std::chrono::steady_clock;
 
 // The engines that have dispatch hints (rcu, unsynchronized).
 template <typename Engine>
-concept HasHints = requires(Engine& e) { e.SetDispatchHints(false); };
+concept HasHints = requires(Engine& e) {
+  e.SetDispatchHints(false);
+};
 
 double TraceHintHitRate();
 std::string DispatchName(absl::string_view engine, absl::string_view workload,
@@ -1300,7 +1302,8 @@ void PrintIssue9Targets(const Results& r) {
         const double a = r.Get("rcu", workload, ranges, t);
         const double b = r.Get("unsynchronized", workload, ranges, t);
         if (a <= 0 || b <= 0) continue;
-        absl::StrAppend(&line, absl::StrFormat(" %d/t%d:%.2f", ranges, t, a / b));
+        absl::StrAppend(&line,
+                        absl::StrFormat(" %d/t%d:%.2f", ranges, t, a / b));
         if (a / b > worst) {
           worst = a / b;
           where = absl::StrCat("ranges:", ranges, " threads:", t);
@@ -1313,8 +1316,8 @@ void PrintIssue9Targets(const Results& r) {
           "%s);%s\n",
           workload, worst, where.c_str(), Verdict(worst <= 1.2), line.c_str());
     }
-    for (const auto& [big, limit] :
-         {std::pair<int, double>{4096, 1.5}, std::pair<int, double>{65536, 2}}) {
+    for (const auto& [big, limit] : {std::pair<int, double>{4096, 1.5},
+                                     std::pair<int, double>{65536, 2}}) {
       std::string l;
       bool ok = true;
       for (int t : {1, 2}) {
@@ -1350,12 +1353,13 @@ void PrintIssue9Targets(const Results& r) {
     const double us = r.Find(name, "us_per_change");
     if (us < 0) continue;
     const double p50 = r.Find(name, "p50_us");
-    std::printf("  publish one change into %d ranges: mean %.1f us, median %.1f us%s\n",
-                ranges, us, p50,
-                ranges == 4096 ? absl::StrFormat(" (target <= 20 us: %s)",
-                                                 Verdict(us <= 20))
-                                     .c_str()
-                               : "");
+    std::printf(
+        "  publish one change into %d ranges: mean %.1f us, median %.1f us%s\n",
+        ranges, us, p50,
+        ranges == 4096
+            ? absl::StrFormat(" (target <= 20 us: %s)", Verdict(us <= 20))
+                  .c_str()
+            : "");
   }
   for (int ranges : {16, 4096, 65536}) {
     for (const char* e : {"rcu", "unsynchronized"}) {

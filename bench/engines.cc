@@ -280,8 +280,8 @@ UnsynchronizedEngine::UnsynchronizedEngine()
     : table_(internal::RangeTable::Build(pio_, mmio_)) {}
 
 absl::Status UnsynchronizedEngine::Add(const RangeSpec& r) {
-  absl::Status s = r.bus == BusKind::kMmio ? RegisterOn(mmio_, r)
-                                           : RegisterOn(pio_, r);
+  absl::Status s =
+      r.bus == BusKind::kMmio ? RegisterOn(mmio_, r) : RegisterOn(pio_, r);
   if (s.ok()) table_ = internal::RangeTable::Build(pio_, mmio_);
   return s;
 }
@@ -332,8 +332,8 @@ IoStatus UnsynchronizedEngine::Write(BusKind bus, uint64_t addr,
         this, *table_, hints_, addr, data);
   }
   return EngineDispatch<&RangeTable::pio, &EngineHints::pio,
-                        &DevicePio::PioWrite, PioAddress>(this, *table_,
-                                                          hints_, addr, data);
+                        &DevicePio::PioWrite, PioAddress>(this, *table_, hints_,
+                                                          addr, data);
 }
 
 size_t UnsynchronizedEngine::CountHintHits(
@@ -345,13 +345,14 @@ size_t UnsynchronizedEngine::CountHintHits(
     if (a.bus == BusKind::kMmio) {
       MmioAddress base;
       const DeviceMmio* device;
-      (void)table_->mmio().FindHinted(MmioAddress(a.addr), a.size, &mmio_hint, &base,
-                                &device, &from_hint);
+      (void)table_->mmio().FindHinted(MmioAddress(a.addr), a.size, &mmio_hint,
+                                      &base, &device, &from_hint);
     } else {
       PioAddress base;
       const DevicePio* device;
       (void)table_->pio().FindHinted(PioAddress(static_cast<uint16_t>(a.addr)),
-                               a.size, &pio_hint, &base, &device, &from_hint);
+                                     a.size, &pio_hint, &base, &device,
+                                     &from_hint);
     }
     hits += from_hint;
   }

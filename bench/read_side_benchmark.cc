@@ -73,8 +73,8 @@ BENCHMARK(BM_ReadSection);
 
 template <typename T>
 T* AlignedArray(size_t n) {
-  return static_cast<T*>(::operator new((n * sizeof(T) + 63) / 64 * 64,
-                                        std::align_val_t(64)));
+  return static_cast<T*>(
+      ::operator new((n * sizeof(T) + 63) / 64 * 64, std::align_val_t(64)));
 }
 struct AlignedDelete {
   void operator()(void* p) const { ::operator delete(p, std::align_val_t(64)); }
@@ -86,9 +86,7 @@ struct AlignedDelete {
 template <typename V>
 struct Keys {
   explicit Keys(size_t n, uint64_t stride)
-      : n(n),
-        levels(rs::EytzingerLevels(n)),
-        shape(rs::BTreeShape::For<V>(n)) {
+      : n(n), levels(rs::EytzingerLevels(n)), shape(rs::BTreeShape::For<V>(n)) {
     sorted.reset(AlignedArray<V>(n));
     for (size_t i = 0; i < n; ++i) sorted.get()[i] = static_cast<V>(i * stride);
     eytzinger.reset(AlignedArray<V>(n + 1));

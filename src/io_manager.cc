@@ -185,8 +185,8 @@ IoStatus IoManager::PioWrite(PioAddress addr,
 }
 
 IoStatus IoManager::MmioRead(MmioAddress addr, absl::Span<uint8_t> data) const {
-  return Dispatch<&RangeTable::mmio, &ThreadHints::mmio,
-                  &DeviceMmio::MmioRead>(this, table_, hints_, addr, data);
+  return Dispatch<&RangeTable::mmio, &ThreadHints::mmio, &DeviceMmio::MmioRead>(
+      this, table_, hints_, addr, data);
 }
 
 IoStatus IoManager::MmioWrite(MmioAddress addr,

@@ -8,18 +8,17 @@
 
 #include "vm_device/internal/range_search.h"
 
-#include <algorithm>
-#include <cstddef>
-#include <cstdint>
-#include <limits>
-#include <random>
-#include <vector>
-
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <limits>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -29,11 +28,11 @@ namespace {
 using range_search_internal::BTreeFloor;
 using range_search_internal::BTreeShape;
 using range_search_internal::EytzingerFloor;
-using range_search_internal::FillBTree;
-using range_search_internal::kKeysPerNode;
 using range_search_internal::EytzingerLevels;
+using range_search_internal::FillBTree;
 using range_search_internal::FindFloor;
 using range_search_internal::ForEachEytzingerSlot;
+using range_search_internal::kKeysPerNode;
 
 TEST(RangeSearch, EytzingerLevelsCountsCompleteLevels) {
   EXPECT_EQ(EytzingerLevels(0), 0u);
@@ -218,13 +217,13 @@ TEST(RangeSearch, BTreeHandlesKeysAtBothEndsOfTheType) {
   for (size_t n : {8u, 9u, 72u, 73u, 648u, 1000u}) {
     std::vector<uint64_t> sorted;
     for (size_t i = 0; i < n; ++i) sorted.push_back(max - (n - 1 - i) * 3);
-    ExpectSameBTreeFloors<uint64_t>(sorted, {0, max - 1, max, sorted[0],
-                                             sorted[0] - 1});
+    ExpectSameBTreeFloors<uint64_t>(
+        sorted, {0, max - 1, max, sorted[0], sorted[0] - 1});
     std::vector<uint16_t> pio;
     for (size_t i = 0; i < n; ++i)
       pio.push_back(static_cast<uint16_t>(0xffff - (n - 1 - i)));
-    ExpectSameBTreeFloors<uint16_t>(pio, {0, 0xfffe, 0xffff, pio[0],
-                                          static_cast<uint16_t>(pio[0] - 1)});
+    ExpectSameBTreeFloors<uint16_t>(
+        pio, {0, 0xfffe, 0xffff, pio[0], static_cast<uint16_t>(pio[0] - 1)});
   }
 }
 
@@ -330,9 +329,8 @@ struct Tables {
       next += 1 + rng() % 5000;
     }
     eytz.assign(n + 1, 0);
-    ForEachEytzingerSlot(n, [&](size_t node, size_t i) {
-      eytz[node] = sorted[i];
-    });
+    ForEachEytzingerSlot(
+        n, [&](size_t node, size_t i) { eytz[node] = sorted[i]; });
     nodes = BuildTree(sorted, &shape);
     for (int i = 0; i < 3000; ++i) probes.push_back(rng() % (next + 10));
     probes.push_back(0);
@@ -356,8 +354,8 @@ TEST(RangeSearch, CheckingProbeCatchesAnOutOfBoundsPrefetch) {
 }
 
 TEST(RangeSearch, NoSearchTouchesOrPrefetchesOutsideItsArray) {
-  for (size_t n : {0u, 1u, 7u, 8u, 9u, 31u, 32u, 33u, 100u, 128u, 1000u,
-                   4095u, 4096u, 4097u, 65536u}) {
+  for (size_t n : {0u, 1u, 7u, 8u, 9u, 31u, 32u, 33u, 100u, 128u, 1000u, 4095u,
+                   4096u, 4097u, 65536u}) {
     const Tables t(n);
     {
       ScopedBounds scope(t.sorted.data(), t.sorted.size());
@@ -379,9 +377,9 @@ TEST(RangeSearch, NoSearchTouchesOrPrefetchesOutsideItsArray) {
     {
       ScopedBounds scope(t.nodes.data(), t.nodes.size());
       for (uint64_t x : t.probes) {
-        EXPECT_EQ((BTreeFloor<uint64_t, CheckingProbe>(t.nodes.data(),
-                                                       t.shape, x)),
-                  FindFloor(t.sorted.data(), n, x));
+        EXPECT_EQ(
+            (BTreeFloor<uint64_t, CheckingProbe>(t.nodes.data(), t.shape, x)),
+            FindFloor(t.sorted.data(), n, x));
       }
       EXPECT_EQ(scope.bounds().outside, std::vector<std::string>{})
           << "btree, n=" << n;
@@ -415,8 +413,8 @@ class Fenced {
     page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     inner_ = (bytes + page_ - 1) / page_ * page_;
     total_ = inner_ + 2 * page_;
-    void* m = mmap(nullptr, total_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+    void* m =
+        mmap(nullptr, total_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) std::abort();
     base_ = static_cast<char*>(m);
     if (mprotect(base_ + page_, inner_, PROT_READ | PROT_WRITE) != 0) {

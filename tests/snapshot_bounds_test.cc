@@ -72,7 +72,9 @@ class SnapshotBounds : public ::testing::TestWithParam<bool> {
     at_end = GetParam();
     internal::SetSnapshotAllocatorForTesting(&kFenced);
   }
-  void TearDown() override { internal::SetSnapshotAllocatorForTesting(nullptr); }
+  void TearDown() override {
+    internal::SetSnapshotAllocatorForTesting(nullptr);
+  }
 };
 
 TEST_P(SnapshotBounds, DispatchAndLookupStayInsideTheSnapshot) {
@@ -81,12 +83,12 @@ TEST_P(SnapshotBounds, DispatchAndLookupStayInsideTheSnapshot) {
     auto dev = std::make_shared<Sink>();
     IoBatch batch;
     for (size_t i = 0; i < n; ++i) {
-      batch.AddMmio(*MmioRange::Create(MmioAddress(0x1000 + i * 0x2000), 0x1000),
-                    dev);
+      batch.AddMmio(
+          *MmioRange::Create(MmioAddress(0x1000 + i * 0x2000), 0x1000), dev);
       if (i < 30000) {
-        batch.AddPio(*PioRange::Create(PioAddress(static_cast<uint16_t>(2 * i)),
-                                       1),
-                     dev);
+        batch.AddPio(
+            *PioRange::Create(PioAddress(static_cast<uint16_t>(2 * i)), 1),
+            dev);
       }
     }
     // The last addresses of both buses too.
@@ -110,9 +112,9 @@ TEST_P(SnapshotBounds, DispatchAndLookupStayInsideTheSnapshot) {
         m->VisitMmioDevice(MmioAddress(a),
                            [](const MmioRange&, const DeviceMmio&) {});
       }
-      EXPECT_EQ(m->MmioRead(MmioAddress(~uint64_t{0} - 3),
-                            absl::MakeSpan(buf, 4)),
-                IoStatus::kOk);
+      EXPECT_EQ(
+          m->MmioRead(MmioAddress(~uint64_t{0} - 3), absl::MakeSpan(buf, 4)),
+          IoStatus::kOk);
       EXPECT_EQ(m->PioRead(PioAddress(0xffff), absl::MakeSpan(buf, 1)),
                 IoStatus::kOk);
       EXPECT_EQ(m->MmioRead(MmioAddress(0), absl::MakeSpan(buf, 4)),
@@ -125,8 +127,9 @@ TEST_P(SnapshotBounds, DispatchAndLookupStayInsideTheSnapshot) {
     for (size_t k = 0; k < 100; ++k) {
       const uint64_t a = 0x1000 + (n - 1 - k % (n < 4 ? n : 4)) * 0x2000;
       m->MmioRead(MmioAddress(a), absl::MakeSpan(buf, 4));
-      m->PioRead(PioAddress(static_cast<uint16_t>(2 * (n < 30000 ? n : 30000) - 2)),
-                 absl::MakeSpan(buf, 1));
+      m->PioRead(
+          PioAddress(static_cast<uint16_t>(2 * (n < 30000 ? n : 30000) - 2)),
+          absl::MakeSpan(buf, 1));
     }
     IoBatch shrink;
     for (size_t i = 0; i < n; ++i) {
@@ -140,9 +143,9 @@ TEST_P(SnapshotBounds, DispatchAndLookupStayInsideTheSnapshot) {
       EXPECT_EQ(m->MmioRead(MmioAddress(0x1000 + (n - 1) * 0x2000),
                             absl::MakeSpan(buf, 4)),
                 IoStatus::kDeviceNotFound);
-      EXPECT_EQ(m->MmioRead(MmioAddress(~uint64_t{0} - 3),
-                            absl::MakeSpan(buf, 4)),
-                IoStatus::kOk);
+      EXPECT_EQ(
+          m->MmioRead(MmioAddress(~uint64_t{0} - 3), absl::MakeSpan(buf, 4)),
+          IoStatus::kOk);
     }
   }
 }

@@ -43,8 +43,9 @@ constexpr size_t RoundUp(size_t n) {
 // kMaxBlocks blocks of at most kMaxBlockBytes each are kept, shared by all
 // managers of the process. Writer side only (Build, and the deleter on the
 // reclaimer thread): a mutex is fine here (annotated, so that TSan sees the
-// hand-over of a block from the reclaimer to the next Build). Under AddressSanitizer a cached
-// block is poisoned, so a stray read of a freed snapshot is still reported.
+// hand-over of a block from the reclaimer to the next Build). Under
+// AddressSanitizer a cached block is poisoned, so a stray read of a freed
+// snapshot is still reported.
 class BlockCache {
  public:
   static constexpr size_t kMaxBlocks = 4;
@@ -117,8 +118,8 @@ size_t TableBytes(const range_search_internal::BTreeShape& shape) {
 // Lays a master bus out at `p` (TableBytes() bytes, 64-byte aligned).
 template <typename A, typename D>
 void Fill(const Bus<A, std::shared_ptr<D>>& bus,
-          const range_search_internal::BTreeShape& shape,
-          BusTable<A, D>* table, unsigned char* p) {
+          const range_search_internal::BTreeShape& shape, BusTable<A, D>* table,
+          unsigned char* p) {
   using Table = BusTable<A, D>;
   using Value = typename Table::Value;
   static_assert(range_search_internal::kKeysPerNode<Value> * sizeof(Value) ==
@@ -129,10 +130,10 @@ void Fill(const Bus<A, std::shared_ptr<D>>& bus,
   // One pass over the master bus fills the leaf layer (the sorted bases) and
   // the slots; the padding, then the layers above, come from the leaves.
   // Every key of every node is written.
-  Value* leaves =
-      shape.n == 0 ? nodes
-                   : nodes + size_t{shape.offset[shape.height - 1]} *
-                                 range_search_internal::kKeysPerNode<Value>;
+  Value* leaves = shape.n == 0
+                      ? nodes
+                      : nodes + size_t{shape.offset[shape.height - 1]} *
+                                    range_search_internal::kKeysPerNode<Value>;
   size_t i = 0;
   bus.ForEach([&](const BusRange<A>& range, const std::shared_ptr<D>& device) {
     new (&leaves[i]) Value(range.base().value());

@@ -54,11 +54,11 @@
 // --------
 // Lookup and dispatch: wait-free. Entering and leaving the read side is a
 // thread-local counter update; the search reads one node per layer;
-// nothing loops on other threads; the search reads one node per layer. The device handler itself is the device's
-// business (a `LockedDevice` blocks on its own lock). Commit: blocking (the
-// writer mutex), O(n + k) for a batch of k changes on n ranges; never waits for
-// a grace period (reclamation is queued for the reclaimer thread), so it is safe inside a
-// handler.
+// nothing loops on other threads; the search reads one node per layer. The
+// device handler itself is the device's business (a `LockedDevice` blocks on
+// its own lock). Commit: blocking (the writer mutex), O(n + k) for a batch of k
+// changes on n ranges; never waits for a grace period (reclamation is queued
+// for the reclaimer thread), so it is safe inside a handler.
 //
 // Thread safety: a built table is immutable; any number of threads may read
 // it. Build() is called by the writer under the writer mutex.

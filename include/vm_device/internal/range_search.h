@@ -321,8 +321,9 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t BTreeFloor(const V* nodes,
     const size_t last = size_t{shape.count[h + 1]} - 1;
     k = child < last ? child : last;
   }
-  const size_t le = k * kB + btree_internal::CountLessEqual<V, Probe>(
-                                 nodes + (size_t{shape.offset[leaf_layer]} + k) * kB, x);
+  const size_t le =
+      k * kB + btree_internal::CountLessEqual<V, Probe>(
+                   nodes + (size_t{shape.offset[leaf_layer]} + k) * kB, x);
   // le keys are <= x (padding included only when x is the largest value).
   const size_t floor = (le < shape.n ? le : shape.n) - 1;
   return le == 0 ? shape.n : floor;
@@ -368,8 +369,8 @@ void FillBTree(const BTreeShape& shape, const Sorted& sorted, V* nodes) {
   V* leaves = nodes + size_t{shape.offset[shape.height - 1]} * kB;
   const size_t leaf_keys = size_t{shape.count[shape.height - 1]} * kB;
   for (size_t i = 0; i < leaf_keys; ++i) {
-    leaves[i] = i < shape.n ? static_cast<V>(sorted[i])
-                            : std::numeric_limits<V>::max();
+    leaves[i] =
+        i < shape.n ? static_cast<V>(sorted[i]) : std::numeric_limits<V>::max();
   }
   FillBTreeInner(shape, nodes);
 }
