@@ -20,6 +20,34 @@
 //               churn_1khz  the same at 1,000 changes per second.
 //               trace       the real map and accesses of
 //                           tests/data/qemu-q35-linux61, one thread per vCPU.
+//                           Counter hint_hit_rate (rcu, unsynchronized): the
+//                           share of the accesses a dispatch hint answered,
+//                           from replaying each vCPU's stream through the
+//                           dispatch's own hinted search, untimed.
+//               trace_nohints  the same with dispatch hints turned off
+//                           (IoManager::SetDispatchHints(false)); rcu and
+//                           unsynchronized only.
+//               cold        uniform, but before each dispatch the thread
+//                           reads one word of every cache line of a 2 MiB
+//                           buffer (twice this machine's L2), so the table
+//                           and the handler's code are pushed out of L1/L2
+//                           like after a stretch of guest execution. Each
+//                           dispatch is timed alone (clock pair subtracted);
+//                           ns_per_dispatch is the median, p99_ns the tail.
+//                           Fixed iterations (3000 per thread); rcu and
+//                           unsynchronized, 1 and 2 threads.
+//               edge        uniform, with every snapshot placed so that it
+//                           ends at a page boundary followed by 4 MiB of
+//                           mapped, never-touched memory
+//                           (SetSnapshotAllocatorForTesting): any prefetch
+//                           or load past the snapshot pays a failed page walk
+//                           here on every run, not by the chance of where
+//                           malloc put it. rcu and unsynchronized, 1 thread.
+//   BM_Publish/rcu/ranges:<n>
+//     one change (registering, then deregistering, a spare range) on a
+//     manager holding n ranges; time per change (us_per_change: the mean;
+//     p50_us: the median, which a preempted change on a loaded machine does
+//     not move).
 //               trace_hotplug  the accesses of tests/data/qemu-q35-hotplug,
 //                           one thread per vCPU, while a writer replays its
 //                           recorded map changes (BAR sizing, PCIe hotplug)
@@ -62,9 +90,13 @@
 // the library's names: filter on "rcu/uniform/ranges:16/" rather than on
 // "ranges:16/threads:2".
 //
+// tools/bench_spread.sh runs this binary N times in fresh processes and
+// prints per-cell min/max and the targets of issue 9 per run.
+//
 // Defaults: --benchmark_min_time=0.05 (any flag given overrides it), every
 // benchmark; about a minute on 2 cores. The run ends with a summary.
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -93,6 +125,7 @@
 #include "absl/types/span.h"
 #include "bench/engines.h"
 #include "benchmark/benchmark.h"
+#include "src/internal/range_table.h"
 #include "tools/trace_format.h"
 #include "vm_device/io_manager.h"
 
@@ -102,13 +135,23 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The engines that have dispatch hints (rcu, unsynchronized).
+template <typename Engine>
+concept HasHints = requires(Engine& e) {
+  e.SetDispatchHints(false);
+};
+
+double TraceHintHitRate();
+std::string DispatchName(absl::string_view engine, absl::string_view workload,
+                         int ranges);
+
 constexpr size_t kStreamLength = size_t{1} << 14;  // accesses per thread
 constexpr uint64_t kSampleMask = 63;               // time every 64th
 constexpr uint64_t kMmioBase = 0xc0000000;
 constexpr uint64_t kRangeSize = 0x1000;
 constexpr uint64_t kRangeStride = 0x2000;  // ranges with gaps between them
 
-const int kRangeCounts[] = {1, 16, 256, 4096};
+const int kRangeCounts[] = {1, 16, 256, 4096, 65536};
 const int kChurnRangeCounts[] = {16, 4096};
 
 // The cost of an empty pair of steady_clock reads, subtracted from samples.
@@ -455,7 +498,237 @@ void BM_Trace(benchmark::State& state, RunResults* results) {
       trace_workload->streams[static_cast<size_t>(state.thread_index())];
   if (state.thread_index() == 0) results->Reset(state.threads());
   DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) {
+    results->Publish(state);
+    if (HasHints<Engine>) state.counters["hint_hit_rate"] = TraceHintHitRate();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Hints on and off, cold caches, snapshots before untouched memory, publishes.
+// ---------------------------------------------------------------------------
+
+// The trace engine with dispatch hints off (a separate instance).
+template <typename Engine>
+Engine& CachedTraceEngineNoHints() {
+  static Engine* e = [] {
+    auto* engine = new Engine;
+    engine->SetDispatchHints(false);
+    const absl::Status s = engine->AddAll(trace_workload->map);
+    if (!s.ok()) std::abort();
+    return engine;
+  }();
+  return *e;
+}
+
+// The share of the trace's accesses that a dispatch hint answers: each vCPU's
+// stream replayed in order through the hinted search of the same snapshot
+// (UnsynchronizedEngine builds it with RangeTable::Build, as IoManager does).
+double TraceHintHitRate() {
+  static const double rate = [] {
+    const UnsynchronizedEngine& e = CachedTraceEngine<UnsynchronizedEngine>();
+    size_t hits = 0, total = 0;
+    for (const auto& stream : trace_workload->streams) {
+      hits += e.CountHintHits(stream);
+      total += stream.size();
+    }
+    return total == 0 ? 0.0 : static_cast<double>(hits) / total;
+  }();
+  return rate;
+}
+
+template <typename Engine>
+void BM_TraceNoHints(benchmark::State& state, RunResults* results) {
+  const Engine& engine = CachedTraceEngineNoHints<Engine>();
+  const std::vector<Access>& stream =
+      trace_workload->streams[static_cast<size_t>(state.thread_index())];
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  DispatchLoop(state, engine, stream, *results);
   if (state.thread_index() == 0) results->Publish(state);
+}
+
+// The buffer the cold workload reads between dispatches: twice the L2 of the
+// machine this was tuned on (1 MiB). Read-only after construction.
+constexpr size_t kColdBytes = size_t{2} << 20;
+const uint64_t* ColdBuffer() {
+  static const uint64_t* buf = [] {
+    auto* b = new uint64_t[kColdBytes / sizeof(uint64_t)];
+    for (size_t i = 0; i < kColdBytes / sizeof(uint64_t); ++i) b[i] = i;
+    return b;
+  }();
+  return buf;
+}
+
+// Reads one word of every cache line of the cold buffer.
+ABSL_ATTRIBUTE_NOINLINE uint64_t TouchColdBuffer(const uint64_t* buf) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < kColdBytes / sizeof(uint64_t); i += 8) sum += buf[i];
+  return sum;
+}
+
+template <typename Engine>
+void BM_Cold(benchmark::State& state, int ranges, RunResults* results) {
+  const Engine& engine = CachedEngine<Engine>(ranges);
+  const std::vector<Access>& stream =
+      CachedStream(ranges, state.thread_index());
+  const uint64_t* cold = ColdBuffer();
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  std::vector<float> samples;
+  samples.reserve(static_cast<size_t>(state.max_iterations));
+  alignas(64) uint8_t buf[64] = {1};
+  size_t pos = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(TouchColdBuffer(cold));
+    const Access& a = stream[pos];
+    if (++pos == stream.size()) pos = 0;
+    const auto t0 = Clock::now();
+    IoStatus s = Dispatch(engine, a, buf);
+    const auto t1 = Clock::now();
+    benchmark::DoNotOptimize(s);
+    const double ns = std::chrono::duration<double, std::nano>(t1 - t0).count();
+    samples.push_back(static_cast<float>(std::max(0.0, ns - clock_pair_ns)));
+  }
+  state.SetItemsProcessed(state.iterations());
+  // The median of this thread's dispatches; RunResults averages the threads.
+  std::vector<float> sorted = samples;
+  std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2,
+                   sorted.end());
+  results->Add(sorted.empty() ? 0.0 : sorted[sorted.size() / 2], samples);
+  if (state.thread_index() == 0) results->Publish(state);
+}
+
+// Snapshots placed right before never-touched memory: each block ends at a
+// page boundary and is followed by kUntouched bytes mapped but never read or
+// written, so their pages are not present.
+constexpr size_t kUntouched = size_t{4} << 20;
+
+size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+void* EdgeAllocate(size_t bytes) {
+  const size_t page = PageSize();
+  const size_t inner = (bytes + page - 1) / page * page;
+  void* m = mmap(nullptr, inner + kUntouched, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) throw std::bad_alloc();
+  const uintptr_t end = reinterpret_cast<uintptr_t>(m) + inner;
+  return reinterpret_cast<void*>((end - bytes) & ~uintptr_t{63});
+}
+
+void EdgeDeallocate(void* p, size_t bytes) {
+  const size_t page = PageSize();
+  const size_t inner = (bytes + page - 1) / page * page;
+  // The block starts less than a page (plus alignment) into the mapping.
+  const uintptr_t end =
+      (reinterpret_cast<uintptr_t>(p) + bytes + page - 1) / page * page;
+  munmap(reinterpret_cast<void*>(end - inner), inner + kUntouched);
+}
+
+const internal::SnapshotAllocator kEdgeAllocator = {&EdgeAllocate,
+                                                    &EdgeDeallocate};
+
+// One engine per range count whose snapshots are all placed at the edge.
+template <typename Engine>
+Engine& CachedEdgeEngine(int n) {
+  static absl::Mutex mu;
+  static auto* cache = new std::map<int, Engine*>;
+  absl::MutexLock lock(&mu);
+  Engine*& e = (*cache)[n];
+  if (e == nullptr) {
+    // Nothing else builds snapshots while the benchmark registers or runs
+    // this body's setup (benchmarks run one at a time).
+    internal::SetSnapshotAllocatorForTesting(&kEdgeAllocator);
+    e = new Engine;
+    const absl::Status s = e->AddAll(CachedMap(n));
+    internal::SetSnapshotAllocatorForTesting(nullptr);
+    if (!s.ok()) std::abort();
+  }
+  return *e;
+}
+
+template <typename Engine>
+void BM_Edge(benchmark::State& state, int ranges, RunResults* results) {
+  const Engine& engine = CachedEdgeEngine<Engine>(ranges);
+  const std::vector<Access>& stream =
+      CachedStream(ranges, state.thread_index());
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) results->Publish(state);
+}
+
+// One change on a manager of `ranges` ranges: register a spare range, or
+// deregister it, alternately; each change timed alone.
+void BM_Publish(benchmark::State& state, int ranges) {
+  RcuEngine& engine = CachedEngine<RcuEngine>(ranges);
+  const RangeSpec spare = SpareRange(ranges);
+  bool added = false;
+  double total_s = 0;
+  std::vector<double> samples;
+  samples.reserve(static_cast<size_t>(state.max_iterations));
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    const absl::Status s =
+        added ? engine.Remove(spare.bus, spare.base) : engine.Add(spare);
+    const auto t1 = Clock::now();
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
+    added = !added;
+    const double secs = std::chrono::duration<double>(t1 - t0).count();
+    state.SetIterationTime(secs);
+    total_s += secs;
+    samples.push_back(secs * 1e6);
+  }
+  if (added && !engine.Remove(spare.bus, spare.base).ok()) std::abort();
+  state.counters["us_per_change"] =
+      total_s * 1e6 / std::max<int64_t>(1, state.iterations());
+  if (!samples.empty()) {
+    std::nth_element(samples.begin(), samples.begin() + samples.size() / 2,
+                     samples.end());
+    state.counters["p50_us"] = samples[samples.size() / 2];
+  }
+}
+
+template <typename Engine>
+void RegisterIssue9Workloads() {
+  constexpr bool kOurs = HasHints<Engine>;  // rcu and unsynchronized
+  if constexpr (kOurs) {
+    if (trace_workload != nullptr) {
+      auto* results = new RunResults;
+      benchmark::RegisterBenchmark(
+          DispatchName(Engine::kName, "trace_nohints",
+                       static_cast<int>(trace_workload->map.size()))
+              .c_str(),
+          [results](benchmark::State& s) {
+            BM_TraceNoHints<Engine>(s, results);
+          })
+          ->Threads(static_cast<int>(trace_workload->streams.size()))
+          ->UseRealTime();
+    }
+    for (int ranges : kRangeCounts) {
+      for (int threads : {1, 2}) {
+        auto* results = new RunResults;
+        benchmark::RegisterBenchmark(
+            DispatchName(Engine::kName, "cold", ranges).c_str(),
+            [ranges, results](benchmark::State& s) {
+              BM_Cold<Engine>(s, ranges, results);
+            })
+            ->Threads(threads)
+            ->Iterations(3000)
+            ->UseRealTime();
+      }
+    }
+    for (int ranges : {16, 4096, 65536}) {
+      auto* results = new RunResults;
+      benchmark::RegisterBenchmark(
+          DispatchName(Engine::kName, "edge", ranges).c_str(),
+          [ranges, results](benchmark::State& s) {
+            BM_Edge<Engine>(s, ranges, results);
+          })
+          ->Threads(1)
+          ->UseRealTime();
+    }
+  }
 }
 
 // Registration into an empty IoManager, timed per iteration by hand. One
@@ -800,6 +1073,16 @@ void RegisterAll() {
   RegisterEngine<RcuEngine>();
   RegisterEngine<RwLockMapEngine>();
   RegisterEngine<MutexMapEngine>();
+  RegisterIssue9Workloads<UnsynchronizedEngine>();
+  RegisterIssue9Workloads<RcuEngine>();
+  for (int ranges : {16, 4096, 65536}) {
+    benchmark::RegisterBenchmark(
+        absl::StrCat("BM_Publish/rcu/ranges:", ranges).c_str(),
+        [ranges](benchmark::State& s) { BM_Publish(s, ranges); })
+        ->UseManualTime()
+        ->Iterations(ranges >= 65536 ? 200 : 2000)
+        ->Unit(benchmark::kMicrosecond);
+  }
   LoadHotplugWorkloadOnce();
   RegisterTraceHotplug<RcuEngine>();
   RegisterTraceHotplug<RwLockMapEngine>();
@@ -1050,6 +1333,90 @@ void PrintSummary(const Results& r) {
   }
 }
 
+// The targets of issue 9, as ratios within this run (tools/bench_spread.sh
+// checks them over many runs).
+void PrintIssue9Targets(const Results& r) {
+  std::printf("\nIssue 9 targets (ratios within this run):\n");
+  for (const char* workload : {"uniform", "cold"}) {
+    double worst = 0;
+    std::string where, line;
+    for (int ranges : kRangeCounts) {
+      for (int t : {1, 2}) {
+        const double a = r.Get("rcu", workload, ranges, t);
+        const double b = r.Get("unsynchronized", workload, ranges, t);
+        if (a <= 0 || b <= 0) continue;
+        absl::StrAppend(&line,
+                        absl::StrFormat(" %d/t%d:%.2f", ranges, t, a / b));
+        if (a / b > worst) {
+          worst = a / b;
+          where = absl::StrCat("ranges:", ranges, " threads:", t);
+        }
+      }
+    }
+    if (worst > 0) {
+      std::printf(
+          "  %-7s rcu / unsynchronized, worst %5.2fx at %s (target <= 1.2x: "
+          "%s);%s\n",
+          workload, worst, where.c_str(), Verdict(worst <= 1.2), line.c_str());
+    }
+    for (const auto& [big, limit] : {std::pair<int, double>{4096, 1.5},
+                                     std::pair<int, double>{65536, 2}}) {
+      std::string l;
+      bool ok = true;
+      for (int t : {1, 2}) {
+        const double a = r.Get("rcu", workload, big, t);
+        const double b = r.Get("rcu", workload, 16, t);
+        if (a <= 0 || b <= 0) continue;
+        absl::StrAppend(&l, absl::StrFormat(" t%d:%.2fx", t, a / b));
+        ok = ok && a / b <= limit;
+      }
+      if (!l.empty()) {
+        std::printf("  %-7s rcu %d / 16 ranges:%s (target <= %.1fx: %s)\n",
+                    workload, big, l.c_str(), limit, Verdict(ok));
+      }
+    }
+  }
+  if (trace_workload != nullptr) {
+    const int n = static_cast<int>(trace_workload->map.size());
+    const int t = static_cast<int>(trace_workload->streams.size());
+    for (const char* e : {"rcu", "unsynchronized"}) {
+      const double on = r.Get(e, "trace", n, t);
+      const double off = r.Get(e, "trace_nohints", n, t);
+      if (on <= 0 || off <= 0) continue;
+      std::printf(
+          "  trace %-14s hints off / on: %.1f / %.1f ns = %5.2fx (target >= "
+          "1.3x: %s); hint hit rate %.1f%%\n",
+          e, off, on, off / on, Verdict(off / on >= 1.3),
+          100 * TraceHintHitRate());
+    }
+  }
+  for (int ranges : {16, 4096, 65536}) {
+    const std::string name =
+        absl::StrCat("BM_Publish/rcu/ranges:", ranges, "/threads:1");
+    const double us = r.Find(name, "us_per_change");
+    if (us < 0) continue;
+    const double p50 = r.Find(name, "p50_us");
+    std::printf(
+        "  publish one change into %d ranges: mean %.1f us, median %.1f us%s\n",
+        ranges, us, p50,
+        ranges == 4096
+            ? absl::StrFormat(" (target <= 20 us: %s)", Verdict(us <= 20))
+                  .c_str()
+            : "");
+  }
+  for (int ranges : {16, 4096, 65536}) {
+    for (const char* e : {"rcu", "unsynchronized"}) {
+      const double edge = r.Get(e, "edge", ranges, 1);
+      const double base = r.Get(e, "uniform", ranges, 1);
+      if (edge <= 0 || base <= 0) continue;
+      std::printf(
+          "  %-14s snapshot before untouched memory / anywhere, ranges:%-5d "
+          "%5.2fx\n",
+          e, ranges, edge / base);
+    }
+  }
+}
+
 // The value of --<name>=... in argv, or "" when absent.
 std::string FlagValue(int argc, char** argv, absl::string_view name) {
   const std::string prefix = absl::StrCat("--", name, "=");
@@ -1095,7 +1462,11 @@ int Main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks(&display, file.get());
   std::fflush(stdout);
   std::cout.flush();
-  PrintSummary(Results(runs));
+  {
+    const Results results(runs);
+    PrintSummary(results);
+    PrintIssue9Targets(results);
+  }
   std::fflush(stdout);
   benchmark::Shutdown();
   return 0;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <iterator>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -165,60 +166,8 @@ absl::Status MapBus<A, D>::Remove(A addr) {
   return absl::OkStatus();
 }
 
-template <typename A, typename D>
-absl::Status SortedBus<A, D>::Add(BusRange<A> range,
-                                  std::shared_ptr<D> device) {
-  if (device == nullptr) return absl::InvalidArgumentError("null device");
-  const Value base = range.base().value();
-  const size_t at = static_cast<size_t>(
-      std::upper_bound(bases_.begin(), bases_.end(), base) - bases_.begin());
-  if (at < bases_.size() && bases_[at] <= range.last().value()) {
-    return Overlap(range);
-  }
-  if (at > 0 && slots_[at - 1].last >= base) return Overlap(range);
-  bases_.insert(bases_.begin() + at, base);
-  slots_.insert(slots_.begin() + at, Slot{range.last().value(), device.get()});
-  owners_.insert(owners_.begin() + at, std::move(device));
-  Relayout();
-  return absl::OkStatus();
-}
-
-template <typename A, typename D>
-absl::Status SortedBus<A, D>::Remove(A addr) {
-  const size_t n = bases_.size();
-  const size_t i =
-      range_search_internal::FindFloor(bases_.data(), n, addr.value());
-  if (i == n || slots_[i].last < addr.value()) return NotFound(addr);
-  bases_.erase(bases_.begin() + i);
-  slots_.erase(slots_.begin() + i);
-  owners_.erase(owners_.begin() + i);
-  Relayout();
-  return absl::OkStatus();
-}
-
-template <typename A, typename D>
-void SortedBus<A, D>::Relayout() {
-  const size_t n = bases_.size();
-  auto bytes = [](size_t b) { return (b + 63) / 64 * 64; };
-  keys_mem_.reset(
-      ::operator new(bytes((n + 1) * sizeof(Value)), std::align_val_t(64)));
-  slots_mem_.reset(::operator new(bytes((n + 1) * sizeof(typename Table::Slot)),
-                                  std::align_val_t(64)));
-  auto* k = static_cast<Value*>(keys_mem_.get());
-  auto* s = static_cast<typename Table::Slot*>(slots_mem_.get());
-  k[0] = 0;
-  s[0] = {0, nullptr};
-  range_search_internal::ForEachEytzingerSlot(n, [&](size_t node, size_t i) {
-    k[node] = bases_[i];
-    s[node] = {slots_[i].last, slots_[i].device};
-  });
-  view_ = Table{k, s, n, range_search_internal::EytzingerLevels(n)};
-}
-
 template class MapBus<PioAddress, DevicePio>;
 template class MapBus<MmioAddress, DeviceMmio>;
-template class SortedBus<PioAddress, DevicePio>;
-template class SortedBus<MmioAddress, DeviceMmio>;
 
 }  // namespace engines_internal
 
@@ -278,16 +227,137 @@ absl::Status MutexMapEngine::AddAll(absl::Span<const RangeSpec> ranges) {
   return AddEach(*this, ranges);
 }
 
+// -----------------------------------------------------------------------------
+// UnsynchronizedEngine
+// -----------------------------------------------------------------------------
+
+namespace {
+
+// The calling thread's hints for the UnsynchronizedEngine it last used: the
+// same scheme as IoManager's (io_manager.cc, ThreadHints).
+struct EngineHints {
+  const UnsynchronizedEngine* owner = nullptr;
+  internal::BusHint pio;
+  internal::BusHint mmio;
+};
+constinit thread_local EngineHints tls_engine_hints;
+
+template <typename Bus>
+absl::Status RegisterOn(Bus& bus, const RangeSpec& r) {
+  using A = typename Bus::Address;
+  auto range = MakeRange<A>(r.base, r.size);
+  if (!range.ok()) return range.status();
+  if (r.device == nullptr) return absl::InvalidArgumentError("null device");
+  return bus.Register(*range, r.device);
+}
+
+// IoManager's Dispatch() (io_manager.cc) without the read side.
+template <auto kBus, auto kHint, auto kHandler, typename A, typename Data>
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus EngineDispatch(
+    const UnsynchronizedEngine* self, const internal::RangeTable& root,
+    bool hints, uint64_t address, Data data) {
+  const A addr(static_cast<typename A::Value>(address));
+  A base;
+  typename std::remove_cvref_t<decltype((root.*kBus)())>::Device const* device;
+  const auto& table = (root.*kBus)();
+  IoStatus s;
+  if (ABSL_PREDICT_TRUE(hints)) {
+    EngineHints& mine = tls_engine_hints;
+    if (ABSL_PREDICT_FALSE(mine.owner != self)) mine = EngineHints{self};
+    bool from_hint;
+    s = table.FindHinted(addr, data.size(), &(mine.*kHint), &base, &device,
+                         &from_hint);
+  } else {
+    s = table.Find(addr, data.size(), &base, &device);
+  }
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  (device->*kHandler)(base, addr - base, data);
+  return IoStatus::kOk;
+}
+
+}  // namespace
+
+UnsynchronizedEngine::UnsynchronizedEngine()
+    : table_(internal::RangeTable::Build(pio_, mmio_)) {}
+
 absl::Status UnsynchronizedEngine::Add(const RangeSpec& r) {
-  return AddTo(r, pio_, mmio_);
+  absl::Status s =
+      r.bus == BusKind::kMmio ? RegisterOn(mmio_, r) : RegisterOn(pio_, r);
+  if (s.ok()) table_ = internal::RangeTable::Build(pio_, mmio_);
+  return s;
 }
 
 absl::Status UnsynchronizedEngine::Remove(BusKind bus, uint64_t addr) {
-  return RemoveFrom(bus, addr, pio_, mmio_);
+  bool gone;
+  if (bus == BusKind::kMmio) {
+    gone = mmio_.Deregister(MmioAddress(addr)).has_value();
+    if (!gone) return NotFound(MmioAddress(addr));
+  } else {
+    const PioAddress a(static_cast<uint16_t>(addr));
+    gone = pio_.Deregister(a).has_value();
+    if (!gone) return NotFound(a);
+  }
+  table_ = internal::RangeTable::Build(pio_, mmio_);
+  return absl::OkStatus();
 }
 
 absl::Status UnsynchronizedEngine::AddAll(absl::Span<const RangeSpec> ranges) {
-  return AddEach(*this, ranges);
+  absl::Status s;
+  for (const RangeSpec& r : ranges) {
+    s = r.bus == BusKind::kMmio ? RegisterOn(mmio_, r) : RegisterOn(pio_, r);
+    if (!s.ok()) break;
+  }
+  table_ = internal::RangeTable::Build(pio_, mmio_);
+  return s;
+}
+
+IoStatus UnsynchronizedEngine::Read(BusKind bus, uint64_t addr,
+                                    absl::Span<uint8_t> data) const {
+  using internal::RangeTable;
+  if (bus == BusKind::kMmio) {
+    return EngineDispatch<&RangeTable::mmio, &EngineHints::mmio,
+                          &DeviceMmio::MmioRead, MmioAddress>(
+        this, *table_, hints_, addr, data);
+  }
+  return EngineDispatch<&RangeTable::pio, &EngineHints::pio,
+                        &DevicePio::PioRead, PioAddress>(this, *table_, hints_,
+                                                         addr, data);
+}
+
+IoStatus UnsynchronizedEngine::Write(BusKind bus, uint64_t addr,
+                                     absl::Span<const uint8_t> data) const {
+  using internal::RangeTable;
+  if (bus == BusKind::kMmio) {
+    return EngineDispatch<&RangeTable::mmio, &EngineHints::mmio,
+                          &DeviceMmio::MmioWrite, MmioAddress>(
+        this, *table_, hints_, addr, data);
+  }
+  return EngineDispatch<&RangeTable::pio, &EngineHints::pio,
+                        &DevicePio::PioWrite, PioAddress>(this, *table_, hints_,
+                                                          addr, data);
+}
+
+size_t UnsynchronizedEngine::CountHintHits(
+    absl::Span<const Access> stream) const {
+  internal::BusHint pio_hint, mmio_hint;
+  size_t hits = 0;
+  for (const Access& a : stream) {
+    bool from_hint = false;
+    if (a.bus == BusKind::kMmio) {
+      MmioAddress base;
+      const DeviceMmio* device;
+      (void)table_->mmio().FindHinted(MmioAddress(a.addr), a.size, &mmio_hint,
+                                      &base, &device, &from_hint);
+    } else {
+      PioAddress base;
+      const DevicePio* device;
+      (void)table_->pio().FindHinted(PioAddress(static_cast<uint16_t>(a.addr)),
+                                     a.size, &pio_hint, &base, &device,
+                                     &from_hint);
+    }
+    hits += from_hint;
+  }
+  return hits;
 }
 
 }  // namespace bench

@@ -49,6 +49,7 @@
 #include "absl/types/span.h"
 #include "src/internal/range_table.h"
 #include "vm_device/address.h"
+#include "vm_device/bus.h"
 #include "vm_device/bus_range.h"
 #include "vm_device/device.h"
 #include "vm_device/internal/range_search.h"
@@ -164,6 +165,11 @@ class RcuEngine {
 
   IoManager& manager() { return manager_; }
 
+  // RcuEngine::SetDispatchHints()
+  //
+  // IoManager::SetDispatchHints().
+  void SetDispatchHints(bool enabled) { manager_.SetDispatchHints(enabled); }
+
  private:
   IoManager manager_;
 };
@@ -216,51 +222,6 @@ class MapBus {
     std::shared_ptr<D> device;
   };
   std::map<Value, Entry> map_;
-};
-
-// SortedBus
-//
-// One bus as a sorted master copy (for Add/Remove) plus the very layout and
-// search of the RCU snapshot (`internal::BusTable`: Eytzinger-ordered bases,
-// 64-byte aligned), rebuilt on every change. The unsynchronized engine thus
-// searches exactly as `rcu` does, and the distance between the two is the
-// cost of synchronization alone.
-template <typename A, typename D>
-class SortedBus {
- public:
-  using Address = A;
-  using Device = D;
-  using Value = typename A::Value;
-
-  absl::Status Add(BusRange<A> range, std::shared_ptr<D> device);
-  absl::Status Remove(A addr);
-
-  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Find(A addr, size_t len, A* base,
-                                             const D** device) const {
-    return view_.Find(addr, len, base, device);
-  }
-
- private:
-  using Table = internal::BusTable<A, D>;
-  struct Slot {
-    Value last;
-    const D* device;
-  };
-  struct AlignedFree {
-    void operator()(void* p) const {
-      ::operator delete(p, std::align_val_t(64));
-    }
-  };
-
-  // Rebuilds view_ from the sorted arrays.
-  void Relayout();
-
-  std::vector<Value> bases_;
-  std::vector<Slot> slots_;
-  std::vector<std::shared_ptr<D>> owners_;  // parallel to bases_
-  std::unique_ptr<void, AlignedFree> keys_mem_;
-  std::unique_ptr<void, AlignedFree> slots_mem_;
-  Table view_;
 };
 
 // DispatchOn()
@@ -364,37 +325,44 @@ class MutexMapEngine {
 
 // UnsynchronizedEngine
 //
-// Sorted arrays, no synchronization. Add/Remove must not run while any
-// thread dispatches (they rebuild the arrays in place).
+// IoManager's snapshot and dispatch steps without the RCU read side. Add /
+// Remove rebuild the snapshot in place: they must not run while any thread
+// dispatches.
 class UnsynchronizedEngine {
  public:
   static constexpr absl::string_view kName = "unsynchronized";
   static constexpr bool kConcurrentChanges = false;
 
+  UnsynchronizedEngine();
+
   absl::Status Add(const RangeSpec& r);
   absl::Status Remove(BusKind bus, uint64_t addr);
+  // One rebuild for all of `ranges`.
   absl::Status AddAll(absl::Span<const RangeSpec> ranges);
 
   ABSL_ATTRIBUTE_NOINLINE IoStatus Read(BusKind bus, uint64_t addr,
-                                        absl::Span<uint8_t> data) const {
-    if (bus == BusKind::kMmio) {
-      return engines_internal::DispatchOn<&DeviceMmio::MmioRead>(mmio_, addr,
-                                                                 data);
-    }
-    return engines_internal::DispatchOn<&DevicePio::PioRead>(pio_, addr, data);
-  }
+                                        absl::Span<uint8_t> data) const;
   ABSL_ATTRIBUTE_NOINLINE IoStatus Write(BusKind bus, uint64_t addr,
-                                         absl::Span<const uint8_t> data) const {
-    if (bus == BusKind::kMmio) {
-      return engines_internal::DispatchOn<&DeviceMmio::MmioWrite>(mmio_, addr,
-                                                                  data);
-    }
-    return engines_internal::DispatchOn<&DevicePio::PioWrite>(pio_, addr, data);
-  }
+                                         absl::Span<const uint8_t> data) const;
+
+  // UnsynchronizedEngine::SetDispatchHints()
+  //
+  // As IoManager::SetDispatchHints(). Not synchronized with dispatch.
+  void SetDispatchHints(bool enabled) { hints_ = enabled; }
+
+  // UnsynchronizedEngine::CountHintHits()
+  //
+  // Replays `stream` in order through the dispatch's hinted search
+  // (BusTable::FindHinted(), with fresh hints, as one thread that starts
+  // dispatching now), calling no device, and returns how many accesses a
+  // hint answered.
+  size_t CountHintHits(absl::Span<const Access> stream) const;
 
  private:
-  engines_internal::SortedBus<PioAddress, DevicePio> pio_;
-  engines_internal::SortedBus<MmioAddress, DeviceMmio> mmio_;
+  Bus<PioAddress, std::shared_ptr<DevicePio>> pio_;
+  Bus<MmioAddress, std::shared_ptr<DeviceMmio>> mmio_;
+  internal::RangeTablePtr table_;
+  bool hints_ = true;
 };
 
 // Dispatch()

@@ -245,19 +245,46 @@ const D& Untagged(const D* tagged) {
 
 namespace {
 
-// One dispatch on the bus `kBus` of the snapshot, calling the handler
-// `kHandler` of the device found. Template arguments, so that each of the
-// four public functions compiles to one straight-line body.
-template <auto kBus, auto kHandler, typename A, typename Data>
+// ThreadHints
+//
+// The calling thread's dispatch hints (range_table.h, BusHint) for the manager
+// it last dispatched on. Thread-local: no other thread reads or writes it. A
+// thread that alternates between managers starts afresh at each switch (still
+// correct, only slower). The indices are checked against the loaded snapshot
+// before use, so hints left by a destroyed manager, or by one whose address a
+// new manager reuses, are harmless.
+struct ThreadHints {
+  const IoManager* owner = nullptr;
+  internal::BusHint pio;
+  internal::BusHint mmio;
+};
+constinit thread_local ThreadHints tls_hints;
+
+// One dispatch on the bus `kBus` of the snapshot, with the hints `kHint` of
+// that bus, calling the handler `kHandler` of the device found. Template
+// arguments, so that each of the four public functions compiles to one
+// straight-line body.
+template <auto kBus, auto kHint, auto kHandler, typename A, typename Data>
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus Dispatch(
-    const std::atomic<const RangeTable*>& root, A addr, Data data) {
+    const IoManager* self, const std::atomic<const RangeTable*>& root,
+    const std::atomic<bool>& hints, A addr, Data data) {
   internal::ReadSection read_side;
   A base;
   typename std::remove_cvref_t<decltype((std::declval<const RangeTable&>().*
                                          kBus)())>::Device const* device;
   // acquire: pairs with the release store in CommitLocked() (A.2).
-  const IoStatus s = (root.load(std::memory_order_acquire)->*kBus)().Find(
-      addr, data.size(), &base, &device);
+  const auto& table = (root.load(std::memory_order_acquire)->*kBus)();
+  IoStatus s;
+  // relaxed: a setting, read without ordering; either value routes the same.
+  if (ABSL_PREDICT_TRUE(hints.load(std::memory_order_relaxed))) {
+    ThreadHints& mine = tls_hints;
+    if (ABSL_PREDICT_FALSE(mine.owner != self)) mine = ThreadHints{self};
+    bool from_hint;
+    s = table.FindHinted(addr, data.size(), &(mine.*kHint), &base, &device,
+                         &from_hint);
+  } else {
+    s = table.Find(addr, data.size(), &base, &device);
+  }
   if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
   // A tagged slot (access info, rules, doorbell): out of line.
   if (ABSL_PREDICT_FALSE(reinterpret_cast<uintptr_t>(device) &
@@ -271,22 +298,35 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus Dispatch(
 }  // namespace
 
 IoStatus IoManager::PioRead(PioAddress addr, absl::Span<uint8_t> data) const {
-  return Dispatch<&RangeTable::pio, &DevicePio::PioRead>(table_, addr, data);
+  return Dispatch<&RangeTable::pio, &ThreadHints::pio, &DevicePio::PioRead>(
+      this, table_, hints_, addr, data);
 }
 
 IoStatus IoManager::PioWrite(PioAddress addr,
                              absl::Span<const uint8_t> data) const {
-  return Dispatch<&RangeTable::pio, &DevicePio::PioWrite>(table_, addr, data);
+  return Dispatch<&RangeTable::pio, &ThreadHints::pio, &DevicePio::PioWrite>(
+      this, table_, hints_, addr, data);
 }
 
 IoStatus IoManager::MmioRead(MmioAddress addr, absl::Span<uint8_t> data) const {
-  return Dispatch<&RangeTable::mmio, &DeviceMmio::MmioRead>(table_, addr, data);
+  return Dispatch<&RangeTable::mmio, &ThreadHints::mmio, &DeviceMmio::MmioRead>(
+      this, table_, hints_, addr, data);
 }
 
 IoStatus IoManager::MmioWrite(MmioAddress addr,
                               absl::Span<const uint8_t> data) const {
-  return Dispatch<&RangeTable::mmio, &DeviceMmio::MmioWrite>(table_, addr,
-                                                             data);
+  return Dispatch<&RangeTable::mmio, &ThreadHints::mmio,
+                  &DeviceMmio::MmioWrite>(this, table_, hints_, addr, data);
+}
+
+void IoManager::SetDispatchHints(bool enabled) {
+  // relaxed: a setting; no data is published with it.
+  hints_.store(enabled, std::memory_order_relaxed);
+}
+
+bool IoManager::dispatch_hints() const {
+  // relaxed: see SetDispatchHints().
+  return hints_.load(std::memory_order_relaxed);
 }
 
 // -----------------------------------------------------------------------------
@@ -297,9 +337,9 @@ namespace {
 
 template <typename Table, typename A, typename F>
 bool Visit(const Table& table, A addr, F f) {
-  const size_t k = table.Locate(addr);
-  if (k == 0) return false;
-  f(table.RangeAt(k), internal::Untagged(table.slots[k].device));
+  const size_t i = table.Locate(addr);
+  if (i == table.size()) return false;
+  f(table.RangeAt(i), internal::Untagged(table.slots[i].device));
   return true;
 }
 

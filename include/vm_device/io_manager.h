@@ -29,8 +29,9 @@
 // ------------
 // The two buses are one immutable, sorted snapshot published through a single
 // pointer with liburcu (memb flavour). A dispatch enters an RCU read-side
-// critical section, loads the pointer, searches the range (a branch-free walk
-// of the bases in Eytzinger order, with prefetch), calls the
+// critical section, loads the pointer, finds the range (the thread's dispatch
+// hints, checked against the snapshot, or a B+-tree search of one cache line
+// per layer), calls the
 // device and leaves: no lock, no atomic read-modify-write, no store to shared
 // memory, no allocation, no reference count. Writers are serialized by one
 // writer mutex; each change builds a new snapshot and publishes it with one
@@ -424,6 +425,19 @@ class VM_DEVICE_EXPORT IoManager {
   // Writer-side counters.
   IoManagerStats stats() const;
 
+  // IoManager::SetDispatchHints(), dispatch_hints()
+  //
+  // Dispatch hints (on by default): each dispatching thread remembers, in
+  // thread-local memory, its last two hits on each bus of the manager it last
+  // dispatched on, and tries them before searching. A hint is used only when,
+  // in the snapshot the dispatch loaded, it names a range holding the whole
+  // access, so routing is the same with hints on or off; only the time
+  // differs (guests tend to hit the same device again). Turning them off is
+  // for measuring. Safe to call at any time from any thread; dispatches that
+  // start after the call returns see the new setting.
+  void SetDispatchHints(bool enabled);
+  bool dispatch_hints() const;
+
  private:
   absl::Status RegisterResourcesImpl(std::shared_ptr<DevicePio> pio,
                                      std::shared_ptr<DeviceMmio> mmio,
@@ -439,6 +453,8 @@ class VM_DEVICE_EXPORT IoManager {
   // writer_mu_; alone on its cache line so that writer activity on the
   // members below never evicts it from the readers' caches.
   alignas(ABSL_CACHELINE_SIZE) std::atomic<const internal::RangeTable*> table_;
+  // SetDispatchHints(); read by every dispatch, beside table_.
+  std::atomic<bool> hints_{true};
 
   alignas(ABSL_CACHELINE_SIZE) mutable absl::Mutex writer_mu_;
   // The writers' master copy of each bus; table_ is built from these.

@@ -9,14 +9,16 @@
 //
 // Design
 // ------
-// * One snapshot holds both buses: per bus, the range bases in Eytzinger
-//   (breadth-first) order and, beside them in the same order, {last address,
-//   device pointer} slots. A lookup walks the implicit tree of bases with
-//   conditional moves and prefetches (the only array a search walks: 4096 PIO
-//   bases are 8 KiB, 4096 MMIO bases 32 KiB), then reads one slot. At most
-//   floor(log2 n) + 1 steps, no pointer chasing, no allocation, no writes.
-//   Against a plain binary search of the sorted bases, the hot top of the
-//   tree shares a few cache lines and the deep levels are prefetched.
+// * One snapshot holds both buses: per bus, the range bases as a static
+//   B+-tree of one cache line per node (8 MMIO or 32 PIO keys; range_search.h)
+//   whose leaf layer is the sorted array of bases, and beside it, in sorted
+//   order, {last address, device pointer} slots. A lookup reads one cache
+//   line per layer (4096 MMIO ranges: 4 layers; 65,536: 6) with a
+//   branch-free count inside each node, then one slot. No pointer chasing,
+//   no allocation, no writes, and no access outside the snapshot's arrays.
+// * Dispatch first tries the calling thread's hints (BusHint: its last two
+//   hits on that bus of that manager, in thread-local memory), each checked
+//   against the loaded snapshot before use; a miss costs the search.
 // * The snapshot is allocated in one block, 64-byte aligned, and never changes
 //   after it is published. Writers build a new one from their master copy
 //   (`Bus<A, std::shared_ptr<D>>`, guarded by the writer mutex) and publish it
@@ -52,13 +54,13 @@
 // Progress
 // --------
 // Lookup and dispatch: wait-free. Entering and leaving the read side is a
-// thread-local counter update; the search takes floor(log2 n) + 1 steps;
+// thread-local counter update; the search reads one node per layer;
 // nothing loops on other threads. The device handler itself is the device's
 // business (a `LockedDevice` blocks on its own lock). Commit: blocking (the
 // writer mutex), O(n) for the build plus O(n + k) per change of a batch in
-// the worst case (io_manager.h, "Time of a change"); never waits for
-// a grace period (reclamation is queued for the reclaimer thread), so it is safe inside a
-// handler.
+// the worst case (io_manager.h, "Time of a change"); never waits for a grace
+// period (reclamation is queued for the reclaimer thread), so it is safe
+// inside a handler.
 //
 // Thread safety: a built table is immutable; any number of threads may read
 // it. Build() is called by the writer under the writer mutex.
@@ -80,11 +82,24 @@
 namespace vm_device {
 namespace internal {
 
+// BusHint
+//
+// What one thread remembers of one bus of one manager: the sorted indices of
+// its last two hits, most recent first. They index whatever snapshot was
+// loaded then; BusTable::FindHinted() checks them against the snapshot it
+// searches before using one, so a stale or garbage hint costs a search and
+// never a wrong route. Lives in thread-local memory (io_manager.cc): reading
+// and updating it writes nothing another thread reads.
+struct BusHint {
+  size_t recent[2] = {0, 0};
+};
+
 // BusTable
 //
-// One bus of a snapshot: `n` ranges in Eytzinger order (range_search.h):
-// `keys[k]` is the base of the k-th node, `slots[k]` its last address and
-// device, for k in [1, n]; index 0 is unused.
+// One bus of a snapshot: `size()` ranges, numbered in address order. The
+// bases are the keys of a cache-line-per-node B+-tree (`nodes`, shape
+// `shape`; range_search.h), whose leaf layer `bases` is the sorted array of
+// bases; `slots[i]` is the last address and device of range i.
 template <typename A, typename D>
 struct BusTable {
   using Value = typename A::Value;
@@ -98,26 +113,28 @@ struct BusTable {
     const D* device;
   };
 
-  const Value* keys = nullptr;
-  const Slot* slots = nullptr;
-  size_t n = 0;
-  size_t levels = 0;  // range_search_internal::EytzingerLevels(n)
+  const Value* nodes = nullptr;  // shape.nodes * kKeysPerNode<Value> keys
+  const Value* bases = nullptr;  // shape.Leaves(nodes): bases[i], i < size()
+  const Slot* slots = nullptr;   // slots[i], i < size()
+  range_search_internal::BTreeShape shape;
+
+  size_t size() const { return shape.n; }
 
   // BusTable::Locate()
   //
-  // The node of the range that holds `addr`, or 0.
+  // The index of the range that holds `addr`, or size() when none does.
   ABSL_ATTRIBUTE_ALWAYS_INLINE size_t Locate(A addr) const {
-    const size_t k =
-        range_search_internal::EytzingerFloor(keys, n, levels, addr.value());
-    return (k != 0 && addr.value() <= slots[k].last) ? k : 0;
+    const size_t i =
+        range_search_internal::BTreeFloor(nodes, shape, addr.value());
+    return (i != shape.n && addr.value() <= slots[i].last) ? i : shape.n;
   }
 
   // BusTable::RangeAt()
   //
-  // The range of node `k` (1 <= k <= n).
-  BusRange<A> RangeAt(size_t k) const {
-    return range_search_internal::RangeFactory::FromBounds<A>(keys[k],
-                                                              slots[k].last);
+  // The range of index `i` (i < size()).
+  BusRange<A> RangeAt(size_t i) const {
+    return range_search_internal::RangeFactory::FromBounds<A>(bases[i],
+                                                              slots[i].last);
   }
 
   // BusTable::Find()
@@ -128,17 +145,65 @@ struct BusTable {
   ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Find(A addr, size_t len, A* base,
                                              const D** device) const {
     Value access_last;
-    const IoStatus shape =
+    const IoStatus shape_ok =
         range_search_internal::CheckAccessShape(addr, len, &access_last);
-    if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
-    const size_t k =
-        range_search_internal::EytzingerFloor(keys, n, levels, addr.value());
-    if (ABSL_PREDICT_FALSE(k == 0 || slots[k].last < access_last)) {
+    if (ABSL_PREDICT_FALSE(shape_ok != IoStatus::kOk)) return shape_ok;
+    const size_t i =
+        range_search_internal::BTreeFloor(nodes, shape, addr.value());
+    if (ABSL_PREDICT_FALSE(i == shape.n || slots[i].last < access_last)) {
       return IoStatus::kDeviceNotFound;
     }
-    *base = A(keys[k]);
-    *device = slots[k].device;
+    *base = A(bases[i]);
+    *device = slots[i].device;
     return IoStatus::kOk;
+  }
+
+  // BusTable::FindHinted()
+  //
+  // Find()'s answer, trying the ranges `*hint` names first: a hinted index is
+  // used only if, in this snapshot, it is a range that holds the whole access
+  // (ranges are disjoint, so that range is the one Find() would return).
+  // Otherwise it searches, and a hit becomes the hint's most recent index.
+  // Sets `*from_hint` to whether a hint answered. Writes only `*hint` and
+  // `*from_hint`.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus FindHinted(A addr, size_t len,
+                                                   BusHint* hint, A* base,
+                                                   const D** device,
+                                                   bool* from_hint) const {
+    Value access_last;
+    const IoStatus shape_ok =
+        range_search_internal::CheckAccessShape(addr, len, &access_last);
+    if (ABSL_PREDICT_FALSE(shape_ok != IoStatus::kOk)) return shape_ok;
+    const size_t h0 = hint->recent[0];
+    size_t i;
+    if (Holds(h0, addr.value(), access_last)) {
+      i = h0;
+      *from_hint = true;
+    } else if (const size_t h1 = hint->recent[1];
+               Holds(h1, addr.value(), access_last)) {
+      i = h1;
+      hint->recent[0] = h1;
+      hint->recent[1] = h0;
+      *from_hint = true;
+    } else {
+      i = range_search_internal::BTreeFloor(nodes, shape, addr.value());
+      *from_hint = false;
+      if (ABSL_PREDICT_FALSE(i == shape.n || slots[i].last < access_last)) {
+        return IoStatus::kDeviceNotFound;
+      }
+      hint->recent[1] = h0;
+      hint->recent[0] = i;
+    }
+    *base = A(bases[i]);
+    *device = slots[i].device;
+    return IoStatus::kOk;
+  }
+
+ private:
+  // Whether range `i` of this snapshot exists and holds [first, last].
+  ABSL_ATTRIBUTE_ALWAYS_INLINE bool Holds(size_t i, Value first,
+                                          Value last) const {
+    return i < shape.n && bases[i] <= first && last <= slots[i].last;
   }
 };
 
@@ -160,8 +225,10 @@ class RangeTable {
 
   // RangeTable::Build()
   //
-  // A snapshot of the two master buses. Throws std::bad_alloc on allocation
-  // failure, and changes nothing then.
+  // A snapshot of the two master buses, in O(n). Its block comes from a small
+  // process-wide cache of freed snapshot blocks when one fits (range_table.cc,
+  // BlockCache), so a publish writes into memory already mapped in. Throws
+  // std::bad_alloc on allocation failure, and changes nothing then.
   static RangeTablePtr Build(
       const Bus<PioAddress, std::shared_ptr<DevicePio>>& pio,
       const Bus<MmioAddress, std::shared_ptr<DeviceMmio>>& mmio);
@@ -179,7 +246,24 @@ class RangeTable {
   PioTable pio_;
   MmioTable mmio_;
   size_t bytes_ = 0;
+  size_t capacity_ = 0;  // of the block: bytes_ or more
+  const struct SnapshotAllocator* allocator_ = nullptr;  // null: BlockCache
 };
+
+// SnapshotAllocator, SetSnapshotAllocatorForTesting()
+//
+// Where Build() gets the block of a snapshot: by default, aligned operator
+// new. Tests and benchmarks install their own to place snapshots at chosen
+// addresses (right before a guard page, or before never-touched memory).
+// `allocate(bytes)` returns 64-byte aligned memory or throws std::bad_alloc;
+// `deallocate(p, bytes)` frees it. The allocator must outlive every snapshot
+// built while it was installed (each snapshot remembers its own). Installing
+// one is not synchronized with Build(): do it while no manager changes.
+struct SnapshotAllocator {
+  void* (*allocate)(size_t bytes);
+  void (*deallocate)(void* p, size_t bytes);
+};
+void SetSnapshotAllocatorForTesting(const SnapshotAllocator* allocator);
 
 }  // namespace internal
 }  // namespace vm_device

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# tools/bench_spread.sh: runs //bench:dispatch N times, each in a fresh
+# process, and prints per-cell spreads and the targets of issue 9 per run.
+#
+#   tools/bench_spread.sh [N] [-- FLAGS...]
+#     N      runs (default 10)
+#     FLAGS  passed to every run, e.g. -- --benchmark_filter='rcu|unsync'
+#
+# Prints:
+#   * every cell (benchmark name) with its min, max and max/min of
+#     ns_per_dispatch (us_per_change for BM_Publish) over the runs, worst
+#     spread first, and how many cells exceed max/min 1.3;
+#   * every target, computed within each run (ratios of cells of that run),
+#     with its min and max over the runs and in how many runs it held.
+# The JSON of each run stays in the directory printed at the start
+# (BENCH_SPREAD_DIR to choose it).
+set -euo pipefail
+
+runs=10
+if [[ $# -gt 0 && "$1" != "--" ]]; then runs="$1"; shift; fi
+[[ $# -gt 0 && "$1" == "--" ]] && shift
+cd "$(dirname "$0")/.."
+
+tools/bazel build //bench:dispatch >&2
+bin="$(tools/bazel info bazel-bin 2>/dev/null)/bench/dispatch"
+dir="${BENCH_SPREAD_DIR:-$(mktemp -d /tmp/bench_spread.XXXXXX)}"
+mkdir -p "$dir"
+echo "bench_spread: $runs runs of $bin, JSON in $dir" >&2
+for ((i = 1; i <= runs; i++)); do
+  start=$(date +%s)
+  # From the workspace root, as `bazel run` would, so the trace data resolves.
+  "$bin" --benchmark_out="$dir/run$i.json" --benchmark_out_format=json "$@" \
+    > "$dir/run$i.txt" 2>&1
+  echo "  run $i/$runs: $(($(date +%s) - start)) s" >&2
+done
+
+python3 - "$dir" "$runs" <<'PY'
+import json, re, sys, collections
+
+d, runs = sys.argv[1], int(sys.argv[2])
+pat = re.compile(r"^BM_Dispatch/([^/]+)/([^/]+)/ranges:(\d+)(?:/iterations:\d+)?"
+                 r"(?:/real_time)?/threads:(\d+)$")
+per_run = []   # [{(engine, workload, ranges, threads): ns}, ...]
+cells = collections.defaultdict(list)
+publish = []   # [{ranges: (mean_us, p50_us)}]
+for i in range(1, runs + 1):
+    with open(f"{d}/run{i}.json") as f:
+        data = json.load(f)
+    r, p = {}, {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "iteration" or b.get("error_occurred"):
+            continue
+        name = b["name"]
+        m = pat.match(name)
+        if m and "ns_per_dispatch" in b:
+            key = (m[1], m[2], int(m[3]), int(m[4]))
+            r[key] = b["ns_per_dispatch"]
+            cells[name].append(b["ns_per_dispatch"])
+        m = re.match(r"^BM_Publish/rcu/ranges:(\d+)", name)
+        if m and "us_per_change" in b:
+            p[int(m[1])] = (b["us_per_change"], b.get("p50_us", -1))
+            cells[name].append(b["us_per_change"])
+    per_run.append(r)
+    publish.append(p)
+
+print(f"\nPer-cell spread over {runs} runs (ns_per_dispatch; BM_Publish: us per change)")
+rows = []
+for name, v in cells.items():
+    if len(v) and min(v) > 0:
+        rows.append((max(v) / min(v), name, min(v), max(v), len(v)))
+rows.sort(reverse=True)
+for s, name, lo, hi, n in rows:
+    print(f"  {s:5.2f}  min {lo:10.1f}  max {hi:10.1f}  ({n} runs)  {name}")
+bad = sum(1 for s, *_ in rows if s > 1.3)
+print(f"cells with max/min > 1.3: {bad} of {len(rows)} (target: 0)")
+
+def target(label, values, ok):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        print(f"  {label}: not run")
+        return
+    held = sum(1 for v in vals if ok(v))
+    print(f"  {label}: min {min(vals):.2f} max {max(vals):.2f}; held in "
+          f"{held} of {len(vals)} runs")
+
+def ratio(r, a, b):
+    return r[a] / r[b] if a in r and b in r and r[b] > 0 else None
+
+print(f"\nTargets, each a ratio within one run (min/max over {runs} runs)")
+counts = sorted({k[2] for r in per_run for k in r if k[1] == "uniform"})
+for w in ("uniform", "cold"):
+    for t in (1, 2):
+        worst = []
+        for r in per_run:
+            v = [ratio(r, ("rcu", w, n, t), ("unsynchronized", w, n, t))
+                 for n in counts]
+            v = [x for x in v if x is not None]
+            worst.append(max(v) if v else None)
+        target(f"{w:7s} rcu / unsynchronized, worst range count, threads:{t}"
+               " (<= 1.2)", worst, lambda x: x <= 1.2)
+    for big, limit in ((4096, 1.5), (65536, 2.0)):
+        for t in (1, 2):
+            target(f"{w:7s} rcu {big} / 16 ranges, threads:{t} (<= {limit})",
+                   [ratio(r, ("rcu", w, big, t), ("rcu", w, 16, t))
+                    for r in per_run], lambda x, l=limit: x <= l)
+for e in ("rcu", "unsynchronized"):
+    vals = []
+    for r in per_run:
+        on = [k for k in r if k[0] == e and k[1] == "trace"]
+        if on:
+            k = on[0]
+            vals.append(ratio(r, (e, "trace_nohints", k[2], k[3]), k))
+    target(f"trace {e}: hints off / on (>= 1.3)", vals, lambda x: x >= 1.3)
+for n in (16, 4096):
+    for t in (1, 2):
+        target(f"churn flat out / uniform, rcu ranges:{n} threads:{t} (<= 1.5)",
+               [ratio(r, ("rcu", "churn", n, t), ("rcu", "uniform", n, t))
+                for r in per_run], lambda x: x <= 1.5)
+target("publish one change into 4096 ranges, mean us (<= 20)",
+       [p[4096][0] if 4096 in p else None for p in publish], lambda x: x <= 20)
+target("publish one change into 4096 ranges, median us (<= 20)",
+       [p[4096][1] if 4096 in p else None for p in publish], lambda x: x <= 20)
+for n in (4096, 65536):
+    target(f"rcu edge / uniform, ranges:{n} threads:1 (about 1: placement "
+           "does not matter)",
+           [ratio(r, ("rcu", "edge", n, 1), ("rcu", "uniform", n, 1))
+            for r in per_run], lambda x: x <= 1.3)
+PY
