@@ -380,7 +380,9 @@ class IoManager {
   // returned, and every device and snapshot retired before the call has been
   // released. After it returns, no handler of a range deregistered before the
   // call runs again. kFailedPrecondition (without waiting) when called from a
-  // handler or on the reclaimer thread, where it would wait for itself.
+  // handler or on the reclaimer thread, where it would wait for itself, and
+  // while the thread holds a LockedDevice/ShardedDevice lock (inside
+  // WithLock()), where a vCPU waiting for that lock would never return.
   absl::Status Synchronize() const;
 
   // IoManager::stats()
