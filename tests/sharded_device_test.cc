@@ -419,5 +419,53 @@ TEST(ShardedDevice, SynchronizeUnderAShardLockIsRefused) {
   EXPECT_TRUE(f.io.Synchronize().ok());
 }
 
+// The README's example ("Mut devices: locks, shards and chains"), as written.
+struct Uart4 : vm_device::MutDevicePio {
+  static constexpr size_t kShards = 4;
+  size_t ShardOf(vm_device::PioAddress, vm_device::PioAddressOffset off,
+                 size_t) const {
+    return off / 8;
+  }
+  void PioRead(vm_device::PioAddress, vm_device::PioAddressOffset off,
+               absl::Span<uint8_t> data) override {
+    data[0] = ports[off / 8].regs[off % 8];
+  }
+  void PioWrite(vm_device::PioAddress, vm_device::PioAddressOffset off,
+                absl::Span<const uint8_t> data) override {
+    ports[off / 8].regs[off % 8] = data[0];
+  }
+  struct alignas(ABSL_CACHELINE_SIZE) Port {
+    uint8_t regs[8] = {};
+  };
+  Port ports[4];
+};
+
+TEST(ShardedDevice, ReadmeExample) {
+  vm_device::IoManager manager;
+  auto uart = vm_device::MakeSharded<Uart4>();
+  absl::Status s = manager.RegisterPio(
+      *vm_device::PioRange::Create(vm_device::PioAddress(0x3f8), 32), uart);
+  ASSERT_TRUE(s.ok()) << s;
+  const uint8_t lcr_value[1] = {0x83};
+  ASSERT_EQ(manager.PioWrite(PioAddress(0x3f8 + 2 * 8 + 3), lcr_value),
+            IoStatus::kOk);
+  absl::StatusOr<uint8_t> lcr =
+      uart->WithShard(2, [](Uart4& u) { return u.ports[2].regs[3]; });
+  ASSERT_TRUE(lcr.ok());
+  EXPECT_EQ(*lcr, 0x83);
+  absl::Status reset = uart->WithAllShards([](Uart4& u) {
+    for (auto& p : u.ports) p = Uart4::Port();
+  });
+  EXPECT_TRUE(reset.ok());
+  uint8_t r[1] = {1};
+  ASSERT_EQ(manager.PioRead(PioAddress(0x3f8 + 2 * 8 + 3), absl::MakeSpan(r)),
+            IoStatus::kOk);
+  EXPECT_EQ(r[0], 0);
+  auto rtc = vm_device::MakeLocked<Uart4>();
+  absl::StatusOr<uint8_t> reg0 =
+      rtc->WithLock([](Uart4& u) { return u.ports[0].regs[0]; });
+  EXPECT_EQ(reg0.value(), 0);
+}
+
 }  // namespace
 }  // namespace vm_device
