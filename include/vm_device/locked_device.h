@@ -326,11 +326,14 @@ class alignas(ABSL_CACHELINE_SIZE) LockedDevice final
                                       refused_);
   }
 
+  // Layout: the facets' vtable pointers, the lock and the start of the device
+  // share the first cache line, so a dispatch to a small device touches one
+  // line; the refusal counters (cold) come last.
   mutable device_lock_internal::DeviceLock lock_;
-  mutable locked_device_internal::RefusalCounters refused_;
   // Guarded by lock_ (taken through AcquireChain, which the thread-safety
   // analysis cannot follow).
   mutable T device_;
+  mutable locked_device_internal::RefusalCounters refused_;
 };
 
 // MakeLocked()

@@ -216,11 +216,13 @@ class alignas(ABSL_CACHELINE_SIZE) ShardedDevice final
                                       read_data, refused_);
   }
 
+  // Layout: the facets' vtable pointers (read only) on the first line, then
+  // one line per shard lock, the device, and the refusal counters (cold).
   mutable PaddedLock shards_[kShards];
-  mutable locked_device_internal::RefusalCounters refused_;
   // Shard i of it is guarded by shards_[i] (T's contract; see the file
   // comment).
   mutable T device_;
+  mutable locked_device_internal::RefusalCounters refused_;
 };
 
 // MakeSharded()
