@@ -965,6 +965,21 @@ void PrintMutSummary(const Results& r) {
           "  rcu_locked / rcu, worst at threads <= cores: %5.2fx at %s"
           "  (target <= 1.5x: %s)\n",
           worst, worst_where.c_str(), Verdict(worst <= 1.5));
+      // The same on the sampled medians, which a loaded machine disturbs
+      // less than the wall-clock counter.
+      std::string p50s;
+      for (int ranges : kRangeCounts) {
+        for (int t : threads) {
+          if (t > cores) continue;
+          const double v = r.Get("rcu_locked", "uniform", ranges, t, "p50_ns");
+          const double base = r.Get("rcu", "uniform", ranges, t, "p50_ns");
+          if (v > 0 && base > 0) {
+            absl::StrAppend(&p50s, absl::StrFormat(" r%d/t%d:%.0f/%.0f", ranges,
+                                                   t, v, base));
+          }
+        }
+      }
+      std::printf("    p50 ns rcu_locked/rcu:%s\n", p50s.c_str());
     }
     for (int ranges : {256, 4096}) {
       const double t1 = r.Get("rcu_locked", "uniform", ranges, 1);
