@@ -25,10 +25,10 @@
 //   * otherwise, if the thread holds no device lock: wait as long as it takes
 //     (`Acquired::kOk`);
 //   * otherwise (a nested acquisition, e.g. device A's handler reaches device
-//     B): wait at most `kNestedLockWait`, then give up: `Acquired::kBusy`,
+//     B): wait at most `kNestedLockWaitNs`, then give up: `Acquired::kBusy`,
 //     with nothing held. A cycle (A->B on one vCPU while B->A on another)
 //     therefore ends with at least one side refused after at most
-//     `kNestedLockWait`, never with a hang or an abort.
+//     `kNestedLockWaitNs`, never with a hang or an abort.
 //   * more than `kMaxHeldLocks` nested acquisitions on one thread:
 //     `Acquired::kTooDeep`.
 //
@@ -63,7 +63,7 @@
 namespace vm_device {
 namespace device_lock_internal {
 
-// kNestedLockWait
+// kNestedLockWaitNs
 //
 // How long a thread that already holds a device lock waits for another one
 // before the access is refused: 10 ms, in nanoseconds. Long against any
@@ -233,7 +233,7 @@ inline int HeldDepth() { return tls_held_locks.depth; }
 enum class Acquired : uint8_t {
   kOk,         // all the locks are held by the caller
   kReentrant,  // the caller already holds one of them; nothing taken
-  kBusy,       // nested, and a lock stayed busy for kNestedLockWait
+  kBusy,       // nested, and a lock stayed busy for kNestedLockWaitNs
   kTooDeep,    // the caller already holds kMaxHeldLocks acquisitions
 };
 
