@@ -19,6 +19,13 @@
 //               churn_1khz  the same at 1,000 changes per second.
 //               trace       the real map and accesses of
 //                           tests/data/qemu-q35-linux61, one thread per vCPU.
+//               trace_hotplug  the accesses of tests/data/qemu-q35-hotplug,
+//                           one thread per vCPU, while a writer replays its
+//                           recorded map changes (BAR sizing, PCIe hotplug)
+//                           flat out, one Add/Remove call per change: forward
+//                           through the bursts, then backward, and so on
+//                           (rcu, rwlock_map, mutex_map; n = the start map).
+//               trace_hotplug_1khz  the same at 1,000 changes per second.
 //     engine rcu_locked: rcu with every range's device a LockedDevice of its
 //                    own (uniform and trace workloads only).
 //   BM_Sharded/<one_lock|sharded>/shards:4/threads:<t>
@@ -676,6 +683,212 @@ void RegisterMutDevices() {
   }
 }
 
+// ---------------------------------------------------------------------------
+// trace_hotplug: the recorded accesses of tests/data/qemu-q35-hotplug while a
+// writer replays the recorded device-map changes (BAR sizing, PCIe hotplug).
+// ---------------------------------------------------------------------------
+
+// The initial map, each vCPU's accesses (vcpu -1 folded into vCPU 0, as in
+// `trace`), and the change sequence as bursts of (mapping, map/unmap).
+struct HotplugWorkload {
+  std::vector<RangeSpec> mappings;  // every mapping of the run
+  size_t initial = 0;               // mappings[0, initial) are the start map
+  struct Change {
+    size_t mapping;
+    bool map;
+  };
+  std::vector<std::vector<Change>> bursts;
+  std::vector<std::vector<Access>> streams;  // [vcpu]
+};
+
+const char kHotplugMap[] = "tests/data/qemu-q35-hotplug/devices.tsv";
+const char kHotplugTrace[] = "tests/data/qemu-q35-hotplug/trace.tsv.gz";
+
+absl::StatusOr<HotplugWorkload> LoadHotplugWorkload() {
+  namespace trace = vm_device::trace;
+  absl::StatusOr<trace::DeviceMap> map =
+      trace::LoadDeviceMap(trace::ResolveDataPath(kHotplugMap));
+  if (!map.ok()) return map.status();
+  absl::StatusOr<trace::ChangeTrace> t =
+      trace::LoadChangeTrace(trace::ResolveDataPath(kHotplugTrace), *map);
+  if (!t.ok()) return t.status();
+  HotplugWorkload w;
+  w.initial = t->map_ranges;
+  for (size_t i = 0; i < t->ranges.size(); ++i) {
+    const trace::MapRange& r = t->ranges[i];
+    w.mappings.push_back(
+        {r.bus == trace::BusKind::kPio ? BusKind::kPio : BusKind::kMmio,
+         r.first, r.last - r.first + 1,
+         std::make_shared<SinkDevice>(static_cast<uint8_t>(i))});
+  }
+  for (const trace::Burst& b : trace::Bursts(*t)) {
+    w.bursts.emplace_back();
+    for (size_t i = b.begin; i < b.end; ++i) {
+      w.bursts.back().push_back(
+          {static_cast<size_t>(t->changes[i].range), t->changes[i].map});
+    }
+  }
+  for (const trace::Access& a : t->accesses) {
+    const size_t vcpu = a.vcpu < 0 ? 0 : static_cast<size_t>(a.vcpu);
+    if (w.streams.size() <= vcpu) w.streams.resize(vcpu + 1);
+    w.streams[vcpu].push_back(
+        {a.addr, a.size,
+         a.bus == trace::BusKind::kPio ? BusKind::kPio : BusKind::kMmio,
+         a.write});
+  }
+  return w;
+}
+
+// Loaded once, at registration; null when the data could not be read.
+const HotplugWorkload* hotplug_workload = nullptr;
+
+// One engine per type for the whole run, and where its writer stopped in the
+// change sequence: the next run's writer goes on from there, so the engine
+// always holds a map the guest really had.
+template <typename Engine>
+struct HotplugEngine {
+  Engine engine;
+  size_t next_burst = 0;
+  bool forward = true;
+};
+
+template <typename Engine>
+HotplugEngine<Engine>& CachedHotplugEngine() {
+  static HotplugEngine<Engine>* e = [] {
+    auto* h = new HotplugEngine<Engine>;
+    const absl::Status s = h->engine.AddAll(absl::MakeConstSpan(
+        hotplug_workload->mappings.data(), hotplug_workload->initial));
+    if (!s.ok()) {
+      std::fprintf(stderr, "building %s for trace_hotplug: %s\n",
+                   std::string(Engine::kName).c_str(), s.ToString().c_str());
+      std::abort();
+    }
+    return h;
+  }();
+  return *e;
+}
+
+// Replays the change sequence, one Add()/Remove() call per change, flat out
+// or at `changes_per_s`: forward through the bursts, then backward (undoing
+// each), and so on, until stopped (between bursts).
+template <typename Engine>
+class HotplugWriter {
+ public:
+  HotplugWriter(HotplugEngine<Engine>& h, int changes_per_s)
+      : h_(h), rate_(changes_per_s) {
+    start_ = Clock::now();
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  // Stops and joins the writer; returns {changes, seconds}.
+  std::pair<uint64_t, double> Stop() {
+    // relaxed: a stop request; join() orders the rest.
+    stop_.store(true, std::memory_order_relaxed);
+    thread_.join();
+    const double s =
+        std::chrono::duration<double>(Clock::now() - start_).count();
+    return {changes_, s};
+  }
+
+ private:
+  void Run() {
+    const auto& bursts = hotplug_workload->bursts;
+    const auto& mappings = hotplug_workload->mappings;
+    auto next = Clock::now();
+    const auto period = rate_ > 0 ? std::chrono::nanoseconds(1000000000 / rate_)
+                                  : std::chrono::nanoseconds(0);
+    // relaxed: see Stop().
+    while (!stop_.load(std::memory_order_relaxed) && !bursts.empty()) {
+      const std::vector<HotplugWorkload::Change>& burst = bursts[h_.next_burst];
+      for (size_t k = 0; k < burst.size(); ++k) {
+        const HotplugWorkload::Change& c =
+            burst[h_.forward ? k : burst.size() - 1 - k];
+        const RangeSpec& r = mappings[c.mapping];
+        const absl::Status s = c.map == h_.forward
+                                   ? h_.engine.Add(r)
+                                   : h_.engine.Remove(r.bus, r.base);
+        if (!s.ok()) {
+          std::fprintf(stderr, "trace_hotplug writer: %s\n",
+                       s.ToString().c_str());
+          std::abort();
+        }
+        ++changes_;
+        if (rate_ > 0) {
+          next += period;
+          std::this_thread::sleep_until(next);
+        }
+      }
+      if (h_.forward) {
+        if (++h_.next_burst == bursts.size()) {
+          h_.forward = false;
+          --h_.next_burst;
+        }
+      } else if (h_.next_burst == 0) {
+        h_.forward = true;
+      } else {
+        --h_.next_burst;
+      }
+    }
+  }
+
+  HotplugEngine<Engine>& h_;
+  const int rate_;
+  Clock::time_point start_;
+  std::atomic<bool> stop_{false};
+  uint64_t changes_ = 0;  // written by the writer, read after join
+  std::thread thread_;
+};
+
+template <typename Engine>
+void BM_TraceHotplug(benchmark::State& state, int changes_per_s,
+                     RunResults* results) {
+  HotplugEngine<Engine>& h = CachedHotplugEngine<Engine>();
+  const std::vector<Access>& stream =
+      hotplug_workload->streams[static_cast<size_t>(state.thread_index())];
+  std::unique_ptr<HotplugWriter<Engine>> writer;
+  if (state.thread_index() == 0) {
+    results->Reset(state.threads());
+    // As in BM_Churn: runs for all of every reader's timed loop.
+    writer = std::make_unique<HotplugWriter<Engine>>(h, changes_per_s);
+  }
+  DispatchLoop(state, h.engine, stream, *results);
+  if (state.thread_index() == 0) {
+    const auto [changes, seconds] = writer->Stop();
+    results->Publish(state);
+    state.counters["writer_changes"] = static_cast<double>(changes);
+    state.counters["changes_per_s"] = changes / seconds;
+  }
+}
+
+// BM_Dispatch/<engine>/trace_hotplug[_1khz]/ranges:<start map>/threads:<t>,
+// t = the trace's vCPUs.
+template <typename Engine>
+void RegisterTraceHotplug() {
+  if (hotplug_workload == nullptr) return;
+  for (int rate : {0, 1000}) {
+    auto* results = new RunResults;
+    benchmark::RegisterBenchmark(
+        DispatchName(Engine::kName,
+                     rate == 0 ? "trace_hotplug" : "trace_hotplug_1khz",
+                     static_cast<int>(hotplug_workload->initial))
+            .c_str(),
+        [rate, results](benchmark::State& s) {
+          BM_TraceHotplug<Engine>(s, rate, results);
+        })
+        ->Threads(static_cast<int>(hotplug_workload->streams.size()))
+        ->UseRealTime();
+  }
+}
+
+void LoadHotplugWorkloadOnce() {
+  if (absl::StatusOr<HotplugWorkload> w = LoadHotplugWorkload(); w.ok()) {
+    hotplug_workload = new HotplugWorkload(*std::move(w));
+  } else {
+    std::fprintf(stderr, "no trace_hotplug workload: %s\n",
+                 w.status().ToString().c_str());
+  }
+}
+
 void RegisterAll() {
   if (absl::StatusOr<TraceWorkload> w = LoadTraceWorkload(); w.ok()) {
     trace_workload = new TraceWorkload(*std::move(w));
@@ -688,6 +901,10 @@ void RegisterAll() {
   RegisterEngine<RwLockMapEngine>();
   RegisterEngine<MutexMapEngine>();
   RegisterMutDevices();
+  LoadHotplugWorkloadOnce();
+  RegisterTraceHotplug<RcuEngine>();
+  RegisterTraceHotplug<RwLockMapEngine>();
+  RegisterTraceHotplug<MutexMapEngine>();
   for (bool batch : {false, true}) {
     for (int ranges : {16, 64, 256, 1024, 4096}) {
       benchmark::RegisterBenchmark(

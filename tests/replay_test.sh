@@ -83,6 +83,48 @@ expect_in contradicted "$TMP/contradicted.out" "misrouted: 1"
 expect_in contradicted "$TMP/contradicted.out" "routed to the named device: 1"
 expect_in contradicted "$TMP/contradicted.err" "row 0:"
 
+# 8. The trace with device-map changes (BAR sizing, PCIe hotplug), ordered:
+#    every access between the changes around it, nothing misrouted.
+HP="tests/data/qemu-q35-hotplug"
+run hotplug_ordered 0 --map "$HP/devices.tsv" --trace "$HP/trace.tsv.gz"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "mode: ordered (one commit per burst)"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "accesses: 410888"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "routed to the named device: 380666"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "\"no device\" expected: 30222 (3289 '-' rows, 26933 running past their range's end)"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "\"no device\" unexpected: 0"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "misrouted: 0"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "writer: 356 changes in 89 commits, 0 failed"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "destroyed while running: 0"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "leaked: 0"
+expect_in hotplug_ordered "$TMP/hotplug_ordered.out" "ns per access: "
+
+# 9. Racing, one call per change, over 3 threads round-robin.
+run hotplug_racing 0 --map "$HP/devices.tsv" --trace "$HP/trace.tsv.gz" \
+  --mode=racing --commit=change --threads 3
+expect_in hotplug_racing "$TMP/hotplug_racing.out" "mode: racing (one call per change)"
+expect_in hotplug_racing "$TMP/hotplug_racing.out" "threads: 3 (rows round-robin)"
+expect_in hotplug_racing "$TMP/hotplug_racing.out" "\"no device\" unexpected: 0"
+expect_in hotplug_racing "$TMP/hotplug_racing.out" "misrouted: 0"
+expect_in hotplug_racing "$TMP/hotplug_racing.out" "destroyed while running: 0"
+expect_in hotplug_racing "$TMP/hotplug_racing.out" "leaked: 0"
+expect_in hotplug_racing "$TMP/hotplug_racing.out" "latency of accesses overlapping a commit: "
+
+# 10. Bad change rows and flags: exit 2, naming the file and line.
+printf -- '-1\tmmio\tmap\t0xfe000000\t4096\t-\tbar\n-1\tmmio\tunmap\t0xfe000000\t16\t-\tbar\n' \
+  >"$TMP/hp_bad_unmap.tsv"
+run hp_bad_unmap 2 --map "$HP/devices.tsv" --trace "$TMP/hp_bad_unmap.tsv"
+expect_in hp_bad_unmap "$TMP/hp_bad_unmap.err" "hp_bad_unmap.tsv:2: unmap of mmio [0xfe000000, 0xfe00000f] 'bar': no such range is live (the live range there is [0xfe000000, 0xfe000fff] of 'bar' (mapped at line 1))"
+printf -- '-1\tmmio\tmap\t0xfed00000\t16\t-\tclash\n' >"$TMP/hp_overlap.tsv"
+run hp_overlap 2 --map "$HP/devices.tsv" --trace "$TMP/hp_overlap.tsv"
+expect_in hp_overlap "$TMP/hp_overlap.err" "hp_overlap.tsv:1: map of mmio [0xfed00000, 0xfed0000f] 'clash' overlaps the live range"
+printf -- '-1\tmmio\tmap\t0xfe000000\t0\t-\tbar\n' >"$TMP/hp_size0.tsv"
+run hp_size0 2 --map "$HP/devices.tsv" --trace "$TMP/hp_size0.tsv"
+expect_in hp_size0 "$TMP/hp_size0.err" "hp_size0.tsv:1: bad size '0' in a map row"
+run bad_mode 2 --map "$HP/devices.tsv" --trace "$HP/trace.tsv.gz" --mode=sloppy
+expect_in bad_mode "$TMP/bad_mode.err" "--mode must be 'ordered' or 'racing', not 'sloppy'"
+run bad_commit 2 --map "$HP/devices.tsv" --trace "$HP/trace.tsv.gz" --commit=all
+expect_in bad_commit "$TMP/bad_commit.err" "--commit must be 'burst' or 'change', not 'all'"
+
 if [[ $failures -ne 0 ]]; then
   echo "$failures check(s) failed" >&2
   exit 1

@@ -2,8 +2,10 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -343,6 +345,250 @@ TEST(TraceFormat, LoadsTheRecordedMap) {
   EXPECT_EQ(mmio, 24);
   EXPECT_EQ(map->names.front(), "dma-chan");
   EXPECT_EQ(map->names.back(), "apic-msi");
+}
+
+// ---------------------------------------------------------------------------
+// Traces that change the map (map/unmap rows).
+// ---------------------------------------------------------------------------
+
+using trace::Burst;
+using trace::ChangeTrace;
+using trace::LoadChangeTrace;
+using trace::MapChange;
+
+TEST(TraceFormat, LoadsChangeRowsBesideAccessRows) {
+  const DeviceMap map = LoadGoodMap();
+  const std::string path = WriteFile(
+      "changes.tsv",
+      "# a BAR is mapped, used, unmapped, mapped again; pic is unmapped\n"
+      "0\tpio\tw\t0x20\t1\t0x11\tpic\n"
+      "-1\tmmio\tmap\t0xfe000000\t16384\t-\tvirtio-blk\n"    // line 3
+      "-1\tmmio\tmap\t0xfe600000\t48\t-\tmsix-table\n"       // line 4
+      "1\tmmio\tw\t0xfe003000\t4\t0x0\tvirtio-blk\n"         // access 1
+      "-1\tmmio\tunmap\t0xfe000000\t16384\t-\tvirtio-blk\n"  // line 6
+      "-1\tpio\tunmap\t0x20\t2\t-\tpic\n"                    // line 7
+      "0\tpio\tw\t0x20\t1\t0x11\t-\n"                        // access 2
+      "-1\tmmio\tmap\t0xfe000000\t16384\t-\tvirtio-blk\n"    // line 9
+      "2\tmmio\tr\t0xfe000010\t2\t0x0\tvirtio-blk\n",        // access 3
+      /*gzip=*/true);
+  absl::StatusOr<ChangeTrace> t = LoadChangeTrace(path, map);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->accesses.size(), 4u);
+  ASSERT_EQ(t->changes.size(), 5u);
+  EXPECT_EQ(t->map_ranges, map.ranges.size());
+  // Map names, then the two new ones in first-use order.
+  ASSERT_EQ(t->names.size(), map.names.size() + 2);
+  EXPECT_EQ(t->names[map.names.size()], "virtio-blk");
+  EXPECT_EQ(t->names[map.names.size() + 1], "msix-table");
+  // Ranges: the map's 6, then one per map row (the remap is a new entry).
+  ASSERT_EQ(t->ranges.size(), map.ranges.size() + 3);
+  const int32_t first_bar = static_cast<int32_t>(map.ranges.size());
+  const int32_t second_bar = first_bar + 2;
+  EXPECT_EQ(t->ranges[first_bar].first, 0xfe000000u);
+  EXPECT_EQ(t->ranges[first_bar].last, 0xfe003fffu);
+  EXPECT_EQ(t->ranges[first_bar].line, 3);
+  EXPECT_EQ(t->ranges[second_bar].line, 9);
+
+  const MapChange& c0 = t->changes[0];
+  EXPECT_TRUE(c0.map);
+  EXPECT_EQ(c0.bus, BusKind::kMmio);
+  EXPECT_EQ(c0.size, 16384u);
+  EXPECT_EQ(c0.range, first_bar);
+  EXPECT_EQ(c0.before, 1u);
+  EXPECT_EQ(c0.line, 3);
+  EXPECT_FALSE(t->changes[2].map);
+  EXPECT_EQ(t->changes[2].range, first_bar);  // unmaps what line 3 mapped
+  EXPECT_EQ(t->changes[3].range, 0);          // pic, line 3 of the map
+  EXPECT_EQ(t->changes[3].device, 0);
+  EXPECT_EQ(t->changes[4].range, second_bar);
+  EXPECT_EQ(t->changes[4].device, t->changes[0].device);
+
+  EXPECT_EQ(t->accesses[0].range, 0);
+  EXPECT_EQ(t->accesses[1].range, first_bar);
+  EXPECT_EQ(t->accesses[1].device, c0.device);
+  EXPECT_EQ(t->accesses[2].range, -1);
+  EXPECT_EQ(t->accesses[2].device, -1);
+  EXPECT_EQ(t->accesses[3].range, second_bar);
+
+  const std::vector<Burst> bursts = trace::Bursts(*t);
+  ASSERT_EQ(bursts.size(), 3u);
+  EXPECT_EQ(bursts[0].begin, 0u);
+  EXPECT_EQ(bursts[0].end, 2u);
+  EXPECT_EQ(bursts[0].before, 1u);
+  EXPECT_EQ(bursts[1].begin, 2u);
+  EXPECT_EQ(bursts[1].end, 4u);
+  EXPECT_EQ(bursts[1].before, 2u);
+  EXPECT_EQ(bursts[2].begin, 4u);
+  EXPECT_EQ(bursts[2].end, 5u);
+  EXPECT_EQ(bursts[2].before, 3u);
+}
+
+TEST(TraceFormat, LoadTraceRefusesChangeRows) {
+  const DeviceMap map = LoadGoodMap();
+  const std::string path =
+      WriteFile("refused.tsv",
+                "0\tpio\tw\t0x20\t1\t0x11\tpic\n"
+                "-1\tmmio\tmap\t0xfe000000\t16384\t-\tvirtio-blk\n");
+  absl::StatusOr<std::vector<Access>> t = LoadTrace(path, map);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(
+      t.status().message(),
+      HasSubstr(absl::StrCat(path,
+                             ":2: a map row: this trace changes "
+                             "the map; load it with LoadChangeTrace()")));
+}
+
+TEST(TraceFormat, BadChangeLinesNameFileAndLine) {
+  const DeviceMap map = LoadGoodMap();
+  const BadLine cases[] = {
+      // Line 2 of every file maps bar at [0x1000, 0x100f].
+      {"-1\tmmio\tunmap\t0x1000\t16\t-\tbar", nullptr},
+      {"-1\tpio\tunmap\t0x20\t2\t-\tpic", nullptr},   // a range of the map
+      {"-1\tmmio\tmap\t0x1010\t1\t-\tbar", nullptr},  // adjacent: fine
+      {"-1\tmmio\tunmap\t0x2000\t16\t-\tbar",
+       "unmap of mmio [0x2000, 0x200f] 'bar': no such range is live (nothing "
+       "is mapped there)"},
+      {"-1\tmmio\tunmap\t0x1000\t8\t-\tbar",
+       "no such range is live (the live range there is [0x1000, 0x100f] of "
+       "'bar' (mapped at line 2))"},
+      {"-1\tmmio\tunmap\t0x1004\t4\t-\tbar", "no such range is live"},
+      {"-1\tmmio\tunmap\t0x1000\t16\t-\tbaz", "no such range is live"},
+      {"-1\tpio\tunmap\t0x1000\t16\t-\tbar", "nothing is mapped there"},
+      {"-1\tpio\tunmap\t0x20\t2\t-\tserial",
+       "(the live range there is [0x20, 0x21] of 'pic' (line 3 of the map))"},
+      {"-1\tmmio\tmap\t0x100f\t1\t-\tother",
+       "map of mmio [0x100f, 0x100f] 'other' overlaps the live range [0x1000, "
+       "0x100f] of 'bar' (mapped at line 2)"},
+      {"-1\tmmio\tmap\t0xff0\t4096\t-\tbar", "overlaps the live range"},
+      {"-1\tmmio\tmap\t0x1000\t16\t-\tbar", "overlaps the live range"},
+      {"-1\tpio\tmap\t0x3f0\t16\t-\tx",
+       "overlaps the live range [0x3f8, 0x3ff] of 'serial' (line 5 of the "
+       "map)"},
+      {"-1\tmmio\tmap\t0x10g0\t16\t-\tbar2", "bad hex address '0x10g0'"},
+      {"-1\tmmio\tmap\t4096\t16\t-\tbar2", "bad hex address '4096'"},
+      {"-1\tmmio\tmap\t0x2000\t0\t-\tbar2",
+       "bad size '0' in a map row (expected decimal bytes, at least 1)"},
+      {"-1\tmmio\tunmap\t0x1000\t0\t-\tbar", "bad size '0' in a unmap row"},
+      {"-1\tmmio\tmap\t0x2000\t0x10\t-\tbar2", "bad size '0x10'"},
+      {"-1\tmmio\tmap\t0x2000\t-16\t-\tbar2", "bad size '-16'"},
+      {"-1\tmmio\tmap\t0x2000\t\t-\tbar2", "bad size ''"},
+      {"-1\tmmio\tmap\t0x2000\t18446744073709551616\t-\tbar2",
+       "bad size '18446744073709551616'"},
+      {"-1\tpio\tmap\t0xfff0\t17\t-\tx",
+       "pio range at 0xfff0 of 17 bytes runs past the last address 0xffff"},
+      {"-1\tpio\tmap\t0x10000\t1\t-\tx", "runs past the last address 0xffff"},
+      {"-1\tpio\tmap\t0xfff0\t16\t-\tx", "overlaps the live range"},  // top
+      {"-1\tmmio\tmap\t0xfffffffffffffff0\t17\t-\tx",
+       "runs past the last address 0xffffffffffffffff"},
+      {"-1\tmmio\tmap\t0xfffffffffffffff0\t16\t-\tx", nullptr},
+      {"0\tmmio\tmap\t0x2000\t16\t-\tbar2",
+       "a map row has vcpu '0' (expected "
+       "-1)"},
+      {"-1\tmmio\tmap\t0x2000\t16\t0x0\tbar2",
+       "a map row has value '0x0' (expected '-')"},
+      {"-1\tmmio\tmap\t0x2000\t16\t-\t-", "bad device name '-' in a map row"},
+      {"-1\tmmio\tmap\t0x2000\t16\t-\t", "bad device name '' in a map row"},
+      {"-1\tisa\tmap\t0x2000\t16\t-\tbar2", "unknown bus 'isa'"},
+      {"-1\tmmio\tremap\t0x2000\t16\t-\tbar2",
+       "unknown op 'remap' (expected 'r', 'w', 'map' or 'unmap')"},
+      {"-1\tmmio\tmap\t0x2000\t16\t-", "expected 7 TAB-separated fields"},
+      {"0\tmmio\tr\t0x1010\t4\t0x0\tbar",
+       "address 0x1010 is not inside a live mmio range of 'bar' (no range "
+       "holds it)"},
+      {"0\tmmio\tr\t0x100c\t4\t0x0\tbar", nullptr},
+      {"0\tmmio\tr\t0x100c\t4\t0x0\tnew",
+       "region 'new' is not a device of the map"},
+  };
+  for (const BadLine& c : cases) {
+    SCOPED_TRACE(c.line);
+    const std::string path = WriteFile(
+        "bad_changes.tsv", absl::StrCat("# header\n"
+                                        "-1\tmmio\tmap\t0x1000\t16\t-\tbar\n",
+                                        c.line, "\n"));
+    absl::StatusOr<ChangeTrace> t = LoadChangeTrace(path, map);
+    if (c.why == nullptr) {
+      EXPECT_TRUE(t.ok()) << t.status();
+      continue;
+    }
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(t.status().message(), HasSubstr(absl::StrCat(path, ":3: ")));
+    EXPECT_THAT(t.status().message(), HasSubstr(c.why));
+  }
+}
+
+TEST(TraceFormat, AnAccessAfterItsRangeWasUnmappedIsAnError) {
+  const DeviceMap map = LoadGoodMap();
+  const std::string path = WriteFile("after_unmap.tsv",
+                                     "-1\tmmio\tmap\t0x1000\t16\t-\tbar\n"
+                                     "0\tmmio\tr\t0x1000\t4\t0x0\tbar\n"
+                                     "-1\tmmio\tunmap\t0x1000\t16\t-\tbar\n"
+                                     "0\tmmio\tr\t0x1000\t4\t0x0\tbar\n");
+  absl::StatusOr<ChangeTrace> t = LoadChangeTrace(path, map);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(
+      t.status().message(),
+      HasSubstr(absl::StrCat(path,
+                             ":4: address 0x1000 is not inside a live "
+                             "mmio range of 'bar' (no range holds it)")));
+}
+
+// The figures of tests/data/qemu-q35-hotplug/README.md.
+TEST(TraceFormat, LoadsTheRecordedHotplugTrace) {
+  absl::StatusOr<DeviceMap> map = LoadDeviceMap(
+      trace::ResolveDataPath("tests/data/qemu-q35-hotplug/devices.tsv"));
+  ASSERT_TRUE(map.ok()) << map.status();
+  int pio = 0;
+  for (const MapRange& r : map->ranges) pio += r.bus == BusKind::kPio;
+  EXPECT_EQ(pio, 45);
+  EXPECT_EQ(map->ranges.size() - pio, 6u);
+  absl::StatusOr<ChangeTrace> t = LoadChangeTrace(
+      trace::ResolveDataPath("tests/data/qemu-q35-hotplug/trace.tsv.gz"), *map);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->accesses.size(), 410888u);
+  size_t maps = 0, mmio = 0, dash = 0;
+  for (const MapChange& c : t->changes) maps += c.map;
+  EXPECT_EQ(maps, 191u);
+  EXPECT_EQ(t->changes.size() - maps, 165u);
+  std::map<int32_t, size_t> per_vcpu;
+  for (const Access& a : t->accesses) {
+    mmio += a.bus == BusKind::kMmio;
+    dash += a.device < 0;
+    ++per_vcpu[a.vcpu];
+  }
+  EXPECT_EQ(mmio, 242460u);
+  EXPECT_EQ(dash, 3289u);
+  EXPECT_EQ(per_vcpu[-1], 8397u);
+  EXPECT_EQ(per_vcpu[0], 264888u);
+  EXPECT_EQ(per_vcpu[1], 42487u);
+  EXPECT_EQ(per_vcpu[2], 31555u);
+  EXPECT_EQ(per_vcpu[3], 63561u);
+  // Distinct names over the run: 39 in devices.tsv, 17 more from map rows.
+  // (The data's README says 51; counting its files gives 56.)
+  EXPECT_EQ(t->names.size(), 56u);
+
+  const std::vector<Burst> bursts = trace::Bursts(*t);
+  EXPECT_EQ(bursts.size(), 89u);
+  EXPECT_EQ(bursts.front().before, 1378u);
+  EXPECT_EQ(t->accesses.size() - bursts.back().before, 1445u);
+
+  // The hot-plugged device: 6 ranges mapped in one burst, unmapped in
+  // another; 799 accesses reach them in between.
+  std::vector<int32_t> hotplug;
+  for (const MapChange& c : t->changes) {
+    if (c.map && c.bus == BusKind::kMmio &&
+        ((c.first >= 0xfe000000 && c.first < 0xfe004000) ||
+         (c.first >= 0xfe600000 && c.first < 0xfe601000))) {
+      hotplug.push_back(c.range);
+    }
+  }
+  ASSERT_EQ(hotplug.size(), 6u);
+  size_t hits = 0;
+  for (const Access& a : t->accesses) {
+    hits += std::find(hotplug.begin(), hotplug.end(), a.range) != hotplug.end();
+  }
+  EXPECT_EQ(hits, 799u);
 }
 
 }  // namespace

@@ -19,10 +19,35 @@
 // offset, or a device where none was expected); ns per access (wall time of
 // the replay phase over all threads / accesses, checks included).
 //
+// A trace that changes the map (map/unmap rows, tests/data/qemu-q35-hotplug)
+// is replayed against a live IoManager while a writer thread applies the
+// changes (tools/hotplug_replay.h), in one of two modes:
+//
+//   --mode=ordered (default)  every access after the changes before it and
+//       before those after it; the accesses between two bursts of changes run
+//       concurrently on all threads; each must reach exactly the device object
+//       of the mapping holding its address at its row.
+//   --mode=racing  the threads replay flat out while the writer applies the
+//       bursts forward, then backward, ... until the threads are done; each
+//       access must reach a device whose mapping held it at some moment of
+//       the dispatch (publish stamps, as the stress test checks).
+//   --commit=burst|change  one IoBatch commit per burst (default) or one
+//       Register/Deregister call per change row.
+//   --change_interval_us N  racing: the writer sleeps N us after each commit.
+//
+// Both print the lines above plus the writer's commits, the devices destroyed
+// while one of their handlers ran and the devices leaked; racing mode adds the
+// p50/p99 dispatch latency of the accesses that overlapped a commit. Example:
+//
+//   bazel run //tools:replay -- --mode=racing
+//       --map tests/data/qemu-q35-hotplug/devices.tsv
+//       --trace tests/data/qemu-q35-hotplug/trace.tsv.gz
+//
 // Exit status: 0 when every access went where expected; 1 when some access
-// was misrouted or unexpectedly found no device; 2 for bad input files (the
-// loader's message names the file and line) or a bad --threads value. (An
-// unknown flag is absl's business: it exits 1.)
+// was misrouted or unexpectedly found no device (or, with changes, a writer
+// call failed or a device was destroyed while running or leaked); 2 for bad
+// input files (the loader's message names the file and line) or a bad flag
+// value. (An unknown flag is absl's business: it exits 1.)
 
 #include <algorithm>
 #include <atomic>
@@ -43,6 +68,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/types/span.h"
+#include "tools/hotplug_replay.h"
 #include "tools/trace_format.h"
 #include "vm_device/vm_device.h"
 
@@ -54,6 +80,15 @@ ABSL_FLAG(std::string, trace, "tests/data/qemu-q35-linux61/trace.tsv.gz",
 ABSL_FLAG(int, threads, 0,
           "replay threads, rows spread round-robin; 0: one thread per vCPU "
           "value of the trace, each replaying that vCPU's rows");
+
+ABSL_FLAG(std::string, mode, "ordered",
+          "with map changes: 'ordered' (each access between the changes "
+          "around it) or 'racing' (changes at the writer's pace)");
+ABSL_FLAG(std::string, commit, "burst",
+          "with map changes: 'burst' (one commit per burst of changes) or "
+          "'change' (one call per change row)");
+ABSL_FLAG(int64_t, change_interval_us, 0,
+          "racing: the writer sleeps this many microseconds after each commit");
 
 namespace vm_device::trace {
 namespace {
@@ -195,6 +230,73 @@ absl::Status Register(IoManager& manager, const DeviceMap& map) {
   return absl::OkStatus();
 }
 
+// Replays a trace with map changes (tools/hotplug_replay.h) and prints the
+// result.
+int ReplayChanges(const std::string& map_path, const std::string& trace_path,
+                  const ChangeTrace& t, int threads_flag,
+                  const HotplugReplayOptions& options) {
+  const std::vector<std::vector<size_t>> rows =
+      threads_flag == 0 ? RowsPerVcpu(t.accesses)
+                        : RowsRoundRobin(t.accesses.size(), threads_flag);
+  absl::StatusOr<HotplugReplayResult> r = ReplayWithChanges(t, rows, options);
+  if (!r.ok()) {
+    std::fprintf(stderr, "replay: %s: %s\n", map_path.c_str(),
+                 std::string(r.status().message()).c_str());
+    return kExitBadInput;
+  }
+  const bool racing = options.mode == ReplayMode::kRacing;
+  const bool per_change = options.commit == CommitGranularity::kChange;
+  absl::PrintF("map: %s (%d ranges, %d devices)\n", map_path, t.map_ranges,
+               t.names.size());
+  absl::PrintF("trace: %s (%d map/unmap rows in %d bursts)\n", trace_path,
+               t.changes.size(), Bursts(t).size());
+  absl::PrintF("mode: %s (%s)\n", racing ? "racing" : "ordered",
+               per_change ? "one call per change" : "one commit per burst");
+  absl::PrintF("threads: %d (%s)\n", rows.size(),
+               threads_flag == 0 ? "one per vCPU" : "rows round-robin");
+  absl::PrintF("accesses: %d\n", r->accesses);
+  if (racing) {
+    absl::PrintF(
+        "routed to a device whose range held the address during the "
+        "dispatch: %d\n",
+        r->routed);
+    absl::PrintF(
+        "\"no device\", correctly (no range held the whole access "
+        "throughout): %d\n",
+        r->no_device);
+  } else {
+    absl::PrintF("routed to the named device: %d\n", r->routed);
+    absl::PrintF(
+        "\"no device\" expected: %d (%d '-' rows, %d running past their "
+        "range's end)\n",
+        r->no_device, r->no_device_dash, r->no_device_past_end);
+  }
+  absl::PrintF("\"no device\" unexpected: %d\n", r->unexpected);
+  absl::PrintF("misrouted: %d\n", r->misrouted);
+  absl::PrintF("writer: %d changes in %d commits%s, %d failed\n", r->changes,
+               r->commits,
+               racing ? absl::StrFormat(", %d complete passes", r->passes)
+                      : std::string(),
+               r->writer_errors);
+  absl::PrintF("devices built: %d\n", r->devices_built);
+  absl::PrintF("destroyed while running: %d\n", r->destroyed_while_running);
+  absl::PrintF("handler on a destroyed device: %d\n",
+               r->handler_on_dead_device);
+  absl::PrintF("leaked: %d\n", r->leaked);
+  absl::PrintF("ns per access: %.1f\n", r->ns_per_access);
+  if (racing) {
+    absl::PrintF(
+        "latency of accesses overlapping a commit: %d accesses, p50 %.0f ns, "
+        "p99 %.0f ns (all accesses: p50 %.0f ns, p99 %.0f ns)\n",
+        r->overlapped, r->overlapped_p50_ns, r->overlapped_p99_ns,
+        r->all_p50_ns, r->all_p99_ns);
+  }
+  for (const std::string& p : r->problems) {
+    absl::FPrintF(stderr, "replay: %s\n", p);
+  }
+  return r->ok() ? 0 : kExitMismatch;
+}
+
 int Main() {
   const std::string map_path = ResolveDataPath(absl::GetFlag(FLAGS_map));
   const std::string trace_path = ResolveDataPath(absl::GetFlag(FLAGS_trace));
@@ -211,12 +313,44 @@ int Main() {
                  std::string(map.status().message()).c_str());
     return kExitBadInput;
   }
-  absl::StatusOr<std::vector<Access>> accesses = LoadTrace(trace_path, *map);
-  if (!accesses.ok()) {
-    std::fprintf(stderr, "replay: %s\n",
-                 std::string(accesses.status().message()).c_str());
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  const std::string commit = absl::GetFlag(FLAGS_commit);
+  const int64_t interval_us = absl::GetFlag(FLAGS_change_interval_us);
+  if (mode != "ordered" && mode != "racing") {
+    std::fprintf(stderr,
+                 "replay: --mode must be 'ordered' or 'racing', not '%s'\n",
+                 mode.c_str());
     return kExitBadInput;
   }
+  if (commit != "burst" && commit != "change") {
+    std::fprintf(stderr,
+                 "replay: --commit must be 'burst' or 'change', not '%s'\n",
+                 commit.c_str());
+    return kExitBadInput;
+  }
+  if (interval_us < 0 || interval_us > 1000000) {
+    std::fprintf(stderr,
+                 "replay: --change_interval_us must be 0..1000000, not %lld\n",
+                 static_cast<long long>(interval_us));
+    return kExitBadInput;
+  }
+  absl::StatusOr<ChangeTrace> change_trace = LoadChangeTrace(trace_path, *map);
+  if (!change_trace.ok()) {
+    std::fprintf(stderr, "replay: %s\n",
+                 std::string(change_trace.status().message()).c_str());
+    return kExitBadInput;
+  }
+  if (!change_trace->changes.empty() || mode == "racing") {
+    HotplugReplayOptions options;
+    options.mode =
+        mode == "racing" ? ReplayMode::kRacing : ReplayMode::kOrdered;
+    options.commit = commit == "change" ? CommitGranularity::kChange
+                                        : CommitGranularity::kBurst;
+    options.change_interval_us = interval_us;
+    return ReplayChanges(map_path, trace_path, *change_trace, threads_flag,
+                         options);
+  }
+  const std::vector<Access>* accesses = &change_trace->accesses;
 
   IoManager manager;
   if (absl::Status s = Register(manager, *map); !s.ok()) {
@@ -326,7 +460,9 @@ int Main() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Replays a recorded device-access trace through vm_device::IoManager.\n"
-      "  replay [--map DEVICES.tsv] [--trace TRACE.tsv.gz] [--threads N]");
+      "  replay [--map DEVICES.tsv] [--trace TRACE.tsv.gz] [--threads N]\n"
+      "         [--mode=ordered|racing] [--commit=burst|change]\n"
+      "         [--change_interval_us N]");
   const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
     std::fprintf(stderr, "replay: unexpected argument '%s'\n", rest[1]);

@@ -47,6 +47,30 @@
 // outside every range: that is for the dispatcher under test to say. `value`
 // is any 64-bit value (QEMU records some reads wider than their size).
 //
+// Map changes
+// -----------
+// A trace may also change the map as it goes (tests/data/qemu-q35-hotplug/:
+// PCI BAR sizing, remapping, hotplug). A change row has the same 7 columns:
+//
+//   -1  bus  map|unmap  first  size  -  name
+//
+// `vcpu` is -1, `first` is hex with `0x`, `size` is the range's length in
+// decimal bytes (1 or more, and the range may not pass the top of its bus),
+// the `value` column is `-`, `name` is the range's device name (a new name or
+// one the map or an earlier row used: names are not unique). `map` adds the
+// range `[first, first + size - 1]` and must not overlap a range live at that
+// row; `unmap` removes a live range with exactly that first, size and name.
+// Rows apply in file order: an access row is checked against the ranges live
+// at its own row. Load such a trace with LoadChangeTrace(); LoadTrace()
+// refuses it (its callers assume a fixed map).
+//
+// Example:
+//
+//   absl::StatusOr<trace::ChangeTrace> t = trace::LoadChangeTrace(
+//       trace::ResolveDataPath("tests/data/qemu-q35-hotplug/trace.tsv.gz"),
+//       *map);
+//   for (const trace::Burst& b : trace::Bursts(*t)) { ... }
+//
 // Thread safety: the functions are reentrant; the results are plain values.
 
 #ifndef VM_DEVICE_TOOLS_TRACE_FORMAT_H_
@@ -99,7 +123,57 @@ struct Access {
   uint64_t addr;
   uint64_t value;
   int32_t device;  // index into DeviceMap::names, or -1 for '-' (no device)
+  // LoadChangeTrace() only: index into ChangeTrace::ranges of the range live
+  // at this row holding `addr` (the one `device` names), or -1 for '-'.
+  int32_t range = -1;
 };
+
+// MapChange
+//
+// One change row of a trace (see "Map changes" above).
+struct MapChange {
+  BusKind bus;
+  bool map;        // true: map, false: unmap
+  uint64_t first;  // the range [first, first + size - 1]
+  uint64_t size;   // >= 1
+  int32_t device;  // index into ChangeTrace::names
+  int32_t range;   // index into ChangeTrace::ranges: the range added/removed
+  size_t before;   // the number of access rows before this row
+  int line;        // line number in the trace file
+};
+
+// ChangeTrace
+//
+// A trace with map changes, as LoadChangeTrace() returns it.
+struct ChangeTrace {
+  // The map's names, then names first used by change rows.
+  std::vector<std::string> names;
+  // Every range that is live at some row: the map's ranges first (index i is
+  // DeviceMap::ranges[i]), then one per `map` row, in file order (its
+  // `line` is the trace line). Two entries may have the same bounds and name:
+  // they are two mappings (a BAR unmapped and mapped again).
+  std::vector<MapRange> ranges;
+  // How many of `ranges` come from the map file.
+  size_t map_ranges = 0;
+  std::vector<Access> accesses;
+  std::vector<MapChange> changes;  // in file order
+};
+
+// Burst
+//
+// A maximal run of change rows with no access row between them: changes
+// [begin, end) of ChangeTrace::changes, all applied after access row
+// `before - 1` and before access row `before`.
+struct Burst {
+  size_t begin;
+  size_t end;
+  size_t before;
+};
+
+// Bursts()
+//
+// The bursts of `t`, in order.
+std::vector<Burst> Bursts(const ChangeTrace& t);
 
 // RangeLookup
 //
@@ -129,8 +203,18 @@ absl::StatusOr<DeviceMap> LoadDeviceMap(const std::string& path);
 // LoadTrace()
 //
 // Reads a trace file (plain or gzip'd) whose region names refer to `map`.
+// A change row is an error (kInvalidArgument naming its line): use
+// LoadChangeTrace().
 absl::StatusOr<std::vector<Access>> LoadTrace(const std::string& path,
                                               const DeviceMap& map);
+
+// LoadChangeTrace()
+//
+// Reads a trace file (plain or gzip'd) that may contain change rows, whose
+// ranges and names start from `map`. Checks every row against the ranges
+// live at that row.
+absl::StatusOr<ChangeTrace> LoadChangeTrace(const std::string& path,
+                                            const DeviceMap& map);
 
 // ResolveDataPath()
 //
