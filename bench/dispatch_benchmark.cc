@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // //bench:dispatch: how long one dispatch takes from N vCPU threads, for this
 // library's IoManager and for the designs other VMMs ship.
 //

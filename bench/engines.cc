@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // The benchmark engines' registration paths and the shared sink device.
 
 #include "bench/engines.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // //bench:read_side: the two pieces of a dispatch, timed apart.
 //
 //   bazel run //bench:read_side

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // IoManager: wait-free dispatch over the RCU-published RangeTable, and the
 // writer side that edits the master buses, publishes and retires.
 

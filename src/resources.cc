@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Device resources and constraints: constructors and DeviceResources getters.
 
 #include "vm_device/resources.h"

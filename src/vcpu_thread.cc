@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // VcpuThread: explicit RCU reader registration for a scope.
 
 #include "vm_device/vcpu_thread.h"

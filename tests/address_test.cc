@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Tests of PioAddress / MmioAddress: the crate's test_address_ops for both
 // buses, plus the printing, ordering and type-safety this port adds.
 

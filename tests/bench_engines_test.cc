@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // The four benchmark engines of //bench:engines must route every access the
 // way IoManager does: same status, same device, same range base and offset.
 // Each engine is checked against a brute-force model of the routing rules.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Tests of BusRange: the crate's test_bus_range (construction limits, the
 // overlap table, base-only comparison) plus Contains, ToString and the
 // messages of the port's checked factory.

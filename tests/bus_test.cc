@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Tests of the generic Bus<A, D>: the crate's test_bus, the access-check
 // edge cases its probes established, and what the port adds (ForEach,
 // Overlapping, overlap messages, move-only handles).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Checks the machine code of IoManager's four dispatch functions for what the
 # wait-free read path must not contain (src/internal/range_table.h, "Progress"):
 #
@@ -14,7 +15,12 @@
 #     is left while the exception passes through).
 #   (`xchg %ax,%ax` is a two-byte no-op: only an xchg with memory is atomic.)
 #
-# Reads the optimized static library; skipped (passes, saying so) in sanitizer
+# Reads the optimized static library (Bazel's libio_manager.a, CMake's
+# libvm_device.a) or CMake's shared, -fPIC libvm_device.so, where it also
+# refuses what position-independent code can add to the path: a call to
+# __tls_get_addr (a general-dynamic TLS access to liburcu's reader record;
+# the CMake build compiles the shared library with -ftls-model=initial-exec
+# so there is none) and PLT calls to anything not allowed above. Skipped (passes, saying so) in sanitizer
 # builds, where the code is instrumented and liburcu's read side is not inlined.
 set -euo pipefail
 
@@ -24,15 +30,15 @@ if [[ -n "${VM_DEVICE_SANITIZER:-}" ]]; then
 fi
 lib=""
 for f in "$@"; do
-  case "$f" in *libio_manager.a) lib="$f" ;; esac
+  case "$f" in *libio_manager.a | *libvm_device.a | *libvm_device.so*) lib="$f" ;; esac
 done
 if [[ -z "$lib" ]]; then
-  echo "FAIL: libio_manager.a not among the arguments: $*" >&2
+  echo "FAIL: libio_manager.a, libvm_device.a or libvm_device.so not among the arguments: $*" >&2
   exit 1
 fi
 
-objdump -dr -C --no-show-raw-insn "$lib" | python3 -c '
-import re, sys
+objdump -dr -C --no-show-raw-insn "$lib" | LIB="$lib" python3 -c '
+import os, re, sys
 text = sys.stdin.read()
 allowed = ("TLS init function for urcu_memb_reader",
            "vm_device::internal::RegisterSlow()",
@@ -40,7 +46,10 @@ allowed = ("TLS init function for urcu_memb_reader",
            "_Unwind_Resume",
            # Built with --define=vm_device_urcu_inline=false: the library
            # exported read side: the same wait-free code, behind a call.
-           "urcu_memb_read_lock", "urcu_memb_read_unlock")
+           "urcu_memb_read_lock", "urcu_memb_read_unlock",
+           # In the shared library, the inline unlock of liburcu, emitted once
+           # out of line for the exception path (the same wait-free code).
+           "_urcu_memb_read_unlock")
 funcs = {}
 name = None
 for line in text.splitlines():
@@ -73,6 +82,18 @@ for n in wanted:
                     target = m.group(1)
                     break
             if target is None:
+                # Linked code, or a local function of the same section: no
+                # relocation; the target is named in <...>.
+                m = re.search(r"<(.*?)(@plt)?(\+0x[0-9a-f]+)?>$", ins)
+                if m:
+                    target = m.group(1)
+                    if target.startswith(tuple(wanted)) or target in funcs and "[clone" in target:
+                        target = ".text"  # a jump into its own cold part
+            if target is not None and target.startswith("__tls_get_addr"):
+                bad.append("%s: general-dynamic TLS access (__tls_get_addr): "
+                           "build with -ftls-model=initial-exec: %s" % (n, l.strip()))
+                continue
+            if target is None:
                 bad.append("%s: call without relocation: %s" % (n, l.strip()))
             elif not target.startswith(allowed) and not target.startswith(".text"):
                 bad.append("%s: call to %s" % (n, target))
@@ -81,6 +102,6 @@ if calls != 4:
     bad.append("expected one indirect (device handler) call per function, found %d" % calls)
 if bad:
     sys.exit("FAIL:\n  " + "\n  ".join(bad))
-print("ok: %d functions (%d with cold parts): no atomic RMW, only allowed calls" %
-      (len(bodies), len(wanted)))
+print("ok: %s: %d functions (%d with cold parts): no atomic RMW, only allowed calls" %
+      (os.path.basename(os.environ["LIB"]), len(bodies), len(wanted)))
 '

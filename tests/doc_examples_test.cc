@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // The crate's other doc examples, in C++: a shared device with its own lock
 // on each bus (DevicePio / DeviceMmio), an exclusive device on each bus
 // (MutDevicePio / MutDeviceMmio), and the two device_manager examples that

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Hotplug soak: 2 x cores vCPU threads dispatch without pause while one
 // hotplug thread registers and deregisters devices and another moves ranges
 // (deregister then register at another base, and MovePio/MoveMmio), for a

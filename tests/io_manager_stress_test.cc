@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Concurrency stress tests of IoManager: 2 x cores vCPU threads dispatch
 // without pause while a writer registers, deregisters and moves devices, and
 // a device that moves its own range from inside its handler.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Tests of IoManager: the crate's device_manager tests (4-7) adapted to the
 // port's API, and what the port adds or changes: all-or-nothing multi-range
 // registration, batches, moves, lookups, Synchronize() and device lifetime.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // The cross-device policy of LockedDevice (locked_device.h): a handler that
 // reaches another locked device while holding its own lock, on one thread and
 // on two vCPUs at once (A->B while B->A), WithLock() re-entry, and

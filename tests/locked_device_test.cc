@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Tests of LockedDevice<T>: forwarding, the interfaces it implements, its
 // cache-line layout, mutual exclusion, refusal of re-entrant accesses and
 // exception safety (the port's answer to the crate's Mutex<T> adapter, which

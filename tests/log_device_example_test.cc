@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // The crate's crate-level example, in C++: a log device on the PIO bus,
 // registered with an IoManager, and a write dispatched to it.
 //

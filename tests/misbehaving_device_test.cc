@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Devices that misbehave: handlers that throw, that take long, and that call
 // back into the manager (dispatch to themselves, register, deregister or move
 // themselves, Synchronize). For each, what the library does, and that the

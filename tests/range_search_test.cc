@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // The search arithmetic shared by Bus<A, D> and the RCU range table:
 // FindFloor() on sorted keys and EytzingerFloor() on the same keys laid out
 // by ForEachEytzingerSlot() must give the same answer for every table size

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Runs //tools:replay on the recorded trace and on broken inputs, checking its
 # exit status and what it prints.
 set -u

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Tests of the resources module: the crate's tests 8-17 on its fixture, its
 // probe with duplicate resources, and the constraint constructors.
 

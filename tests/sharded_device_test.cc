@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Tests of ShardedDevice<T>: routing by T::ShardOf, mutual exclusion per
 // shard, parallelism across shards (a test that fails, after a timeout, if two
 // different shards are ever serialized), re-entry on one shard, and the

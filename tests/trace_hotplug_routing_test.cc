@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Replays a real guest's trace with its device-map changes
 // (tests/data/qemu-q35-hotplug: BAR sizing at boot, a virtio-blk-pci
 // hot-plugged and hot-unplugged while all vCPUs do disk I/O) against a live

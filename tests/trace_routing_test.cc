@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // Routes every access of a real guest's trace (tests/data/qemu-q35-linux61)
 // through IoManager, with one recording device per device of the recorded
 // map, and checks that each access reaches the device the trace names, at the

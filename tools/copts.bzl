@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """Compiler flags shared by every vm_device target."""
 
 VM_DEVICE_DEFAULT_COPTS = [

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Turns the JSON of //bench:dispatch into a picture: ns per dispatch (per
 # thread) against threads, one line per engine, one panel per range count,
 # for one workload (default: uniform).

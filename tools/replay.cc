@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // replay: routes a recorded access trace through IoManager and says whether
 // every access reached the device the trace names.
 //

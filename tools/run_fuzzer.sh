@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Builds the IoManager libFuzzer target with clang (libFuzzer + ASan + UBSan)
 # straight from the sources and runs it on the seed corpus for a bounded time.
 #

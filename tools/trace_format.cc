@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #include "tools/trace_format.h"
 
 #include <unistd.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // -----------------------------------------------------------------------------
 // File: io_manager.h
 // -----------------------------------------------------------------------------
@@ -142,6 +143,7 @@
 #include "vm_device/bus.h"
 #include "vm_device/bus_range.h"
 #include "vm_device/device.h"
+#include "vm_device/export.h"
 #include "vm_device/io_status.h"
 #include "vm_device/resources.h"
 
@@ -166,7 +168,7 @@ class RangeTable;
 //   manager.Commit(std::move(batch));
 //
 // Thread safety: a plain value; build it on one thread.
-class IoBatch {
+class VM_DEVICE_EXPORT IoBatch {
  public:
   // IoBatch::Removed
   //
@@ -229,7 +231,7 @@ struct IoManagerStats {
   size_t snapshot_bytes = 0;  // size of the current snapshot, header included
 };
 
-class IoManager {
+class VM_DEVICE_EXPORT IoManager {
  public:
   IoManager();
   // Destroys the manager. REQUIRES: no call on it is running or will start.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // -----------------------------------------------------------------------------
 // File: resources.h
 // -----------------------------------------------------------------------------
@@ -41,6 +42,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "vm_device/export.h"
 
 namespace vm_device {
 
@@ -122,38 +124,39 @@ using ResourceConstraint =
 // NewPioConstraint()
 //
 // `size` ports anywhere, alignment 1.
-ResourceConstraint NewPioConstraint(uint16_t size);
+VM_DEVICE_EXPORT ResourceConstraint NewPioConstraint(uint16_t size);
 
 // PioWithConstraints()
 //
 // `size` ports aligned to `align`, inside `range` if given.
-ResourceConstraint PioWithConstraints(
+VM_DEVICE_EXPORT ResourceConstraint PioWithConstraints(
     uint16_t size, std::optional<std::pair<uint16_t, uint16_t>> range,
     uint16_t align);
 
 // NewMmioConstraint()
 //
 // `size` bytes of MMIO anywhere, aligned to a 4 KiB page (0x1000).
-ResourceConstraint NewMmioConstraint(uint64_t size);
+VM_DEVICE_EXPORT ResourceConstraint NewMmioConstraint(uint64_t size);
 
 // MmioWithConstraints()
 //
 // `size` bytes aligned to `align`, inside `range` if given.
-ResourceConstraint MmioWithConstraints(
+VM_DEVICE_EXPORT ResourceConstraint MmioWithConstraints(
     uint64_t size, std::optional<std::pair<uint64_t, uint64_t>> range,
     uint64_t align);
 
 // NewLegacyIrqConstraint()
 //
 // A legacy IRQ, `irq` if given.
-ResourceConstraint NewLegacyIrqConstraint(std::optional<uint32_t> irq);
+VM_DEVICE_EXPORT ResourceConstraint
+NewLegacyIrqConstraint(std::optional<uint32_t> irq);
 
 // NewKvmMemSlotConstraint()
 //
 // `size` KVM memory slots starting at `slot` if given. (Size first, as in the
 // crate.)
-ResourceConstraint NewKvmMemSlotConstraint(uint32_t size,
-                                           std::optional<uint32_t> slot);
+VM_DEVICE_EXPORT ResourceConstraint
+NewKvmMemSlotConstraint(uint32_t size, std::optional<uint32_t> slot);
 
 // -----------------------------------------------------------------------------
 // Resources
@@ -227,7 +230,7 @@ using Resource = std::variant<PioAddressRange, MmioAddressRange, LegacyIrq,
 // (duplicates allowed). Getters for address ranges and KVM slots return every
 // match in order; getters for the legacy IRQ, each MSI kind and the MAC
 // address return the first match.
-class DeviceResources {
+class VM_DEVICE_EXPORT DeviceResources {
  public:
   DeviceResources() = default;
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // -----------------------------------------------------------------------------
 // File: vcpu_thread.h
 // -----------------------------------------------------------------------------
@@ -34,9 +35,11 @@
 #ifndef VM_DEVICE_VCPU_THREAD_H_
 #define VM_DEVICE_VCPU_THREAD_H_
 
+#include "vm_device/export.h"
+
 namespace vm_device {
 
-class VcpuThread {
+class VM_DEVICE_EXPORT VcpuThread {
  public:
   VcpuThread();
   ~VcpuThread();

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // -----------------------------------------------------------------------------
 // File: vm_device.h
 // -----------------------------------------------------------------------------
@@ -14,6 +15,7 @@
 //   resources.h      Resource, ResourceConstraint, DeviceResources
 //   io_manager.h     IoManager: wait-free dispatch, RCU-published registration
 //   vcpu_thread.h    VcpuThread: explicit RCU reader registration
+//   version.h        VM_DEVICE_VERSION_*, VersionString()
 
 #ifndef VM_DEVICE_VM_DEVICE_H_
 #define VM_DEVICE_VM_DEVICE_H_
@@ -28,5 +30,6 @@
 #include "vm_device/resources.h"      // IWYU pragma: export
 #include "vm_device/sharded_device.h" // IWYU pragma: export
 #include "vm_device/vcpu_thread.h"    // IWYU pragma: export
+#include "vm_device/version.h"        // IWYU pragma: export
 
 #endif // VM_DEVICE_VM_DEVICE_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // RangeTable: building the immutable two-bus snapshot in one aligned block.
 
 #include "src/internal/range_table.h"

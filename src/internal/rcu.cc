@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // liburcu (memb flavour) behind the wrappers of rcu.h, with the
 // ThreadSanitizer annotations that make its grace periods visible to TSan.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // libFuzzer target: drives IoManager with arbitrary sequences of register,
 // deregister, resource registration, batches, moves, lookups and accesses on
 // both buses, and checks every answer and the whole state after every step

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """Offline stand-in for @rules_cc//cc:defs.bzl: each rule is Bazel's native one."""
 
 def cc_binary(**kwargs):
