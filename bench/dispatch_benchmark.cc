@@ -39,6 +39,10 @@
 //   BM_Register/rcu/<one_by_one|batch>/ranges:<n>
 //     registering n ranges into an empty IoManager, one call per range or as
 //     one IoBatch (IoManager::Commit).
+//   BM_Feature/<plain|with_info|ruled>/threads:<t>
+//   BM_Doorbell/<doorbell|device_eventfd|null_device>/threads:<t>
+//     the opt-in features (access info, access rules, eventfd doorbells);
+//     see bench/features_benchmark.cc.
 //
 // Counters:
 //   ns_per_dispatch  wall time per dispatch as one thread sees it: each thread

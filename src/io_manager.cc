@@ -21,8 +21,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "src/internal/range_hook.h"
 #include "src/internal/range_table.h"
 #include "src/internal/rcu.h"
+#include "vm_device/access_info.h"
 #include "vm_device/internal/annotated_mutex_lock.h"
 #include "vm_device/internal/device_lock.h"
 
@@ -126,6 +128,95 @@ IoManager::~IoManager() {
 // range_table.h). On x86 and arm64 an acquire load is a plain load (arm64:
 // LDAR), and it writes nothing.
 
+namespace internal {
+
+// Dispatch to a tagged slot (device.h, range_table.h): a Device*WithInfo or a
+// range hook (access rules, doorbell). Out of line, so that the dispatch of a
+// plain device pays one test of the tag bits and nothing else; wait-free
+// apart from the handler and a doorbell's eventfd write(2).
+template <auto kHandler>
+struct TaggedOps;
+
+template <>
+struct TaggedOps<&DevicePio::PioRead> {
+  using Info = DevicePioWithInfo;
+  using Hook = PioHook;
+  static void WithInfo(const Info& d, const PioAccessInfo& a,
+                       absl::Span<uint8_t> data) {
+    d.PioReadWithInfo(a, data);
+  }
+  static IoStatus Hooked(const Hook& h, PioAddress b, PioAddressOffset o,
+                         absl::Span<uint8_t> data) {
+    return h.Read(b, o, data);
+  }
+};
+
+template <>
+struct TaggedOps<&DevicePio::PioWrite> {
+  using Info = DevicePioWithInfo;
+  using Hook = PioHook;
+  static void WithInfo(const Info& d, const PioAccessInfo& a,
+                       absl::Span<const uint8_t> data) {
+    d.PioWriteWithInfo(a, data);
+  }
+  static IoStatus Hooked(const Hook& h, PioAddress b, PioAddressOffset o,
+                         absl::Span<const uint8_t> data) {
+    return h.Write(b, o, data);
+  }
+};
+
+template <>
+struct TaggedOps<&DeviceMmio::MmioRead> {
+  using Info = DeviceMmioWithInfo;
+  using Hook = MmioHook;
+  static void WithInfo(const Info& d, const MmioAccessInfo& a,
+                       absl::Span<uint8_t> data) {
+    d.MmioReadWithInfo(a, data);
+  }
+  static IoStatus Hooked(const Hook& h, MmioAddress b, MmioAddressOffset o,
+                         absl::Span<uint8_t> data) {
+    return h.Read(b, o, data);
+  }
+};
+
+template <>
+struct TaggedOps<&DeviceMmio::MmioWrite> {
+  using Info = DeviceMmioWithInfo;
+  using Hook = MmioHook;
+  static void WithInfo(const Info& d, const MmioAccessInfo& a,
+                       absl::Span<const uint8_t> data) {
+    d.MmioWriteWithInfo(a, data);
+  }
+  static IoStatus Hooked(const Hook& h, MmioAddress b, MmioAddressOffset o,
+                         absl::Span<const uint8_t> data) {
+    return h.Write(b, o, data);
+  }
+};
+
+template <auto kHandler, typename D, typename A, typename Data>
+ABSL_ATTRIBUTE_NOINLINE IoStatus DispatchTagged(const D* tagged, A base,
+                                                A addr, Data data) {
+  using Ops = TaggedOps<kHandler>;
+  const uintptr_t bits = reinterpret_cast<uintptr_t>(tagged);
+  const D* device = reinterpret_cast<const D*>(bits & ~kDispatchTagMask);
+  if ((bits & kDispatchTagMask) == kDispatchWithInfo) {
+    Ops::WithInfo(static_cast<const typename Ops::Info&>(*device),
+                  {addr, base, addr - base, CurrentVcpuId()}, data);
+    return IoStatus::kOk;
+  }
+  return Ops::Hooked(static_cast<const typename Ops::Hook&>(*device), base,
+                     addr - base, data);
+}
+
+// The device of a slot, without its tag.
+template <typename D>
+const D& Untagged(const D* tagged) {
+  return *reinterpret_cast<const D*>(reinterpret_cast<uintptr_t>(tagged) &
+                                     ~kDispatchTagMask);
+}
+
+}  // namespace internal
+
 namespace {
 
 // One dispatch on the bus `kBus` of the snapshot, calling the handler
@@ -142,6 +233,11 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus Dispatch(
   const IoStatus s = (root.load(std::memory_order_acquire)->*kBus)().Find(
       addr, data.size(), &base, &device);
   if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  // A tagged slot (access info, rules, doorbell): out of line.
+  if (ABSL_PREDICT_FALSE(reinterpret_cast<uintptr_t>(device) &
+                         internal::kDispatchTagMask)) {
+    return internal::DispatchTagged<kHandler>(device, base, addr, data);
+  }
   (device->*kHandler)(base, addr - base, data);
   return IoStatus::kOk;
 }
@@ -177,7 +273,7 @@ template <typename Table, typename A, typename F>
 bool Visit(const Table& table, A addr, F f) {
   const size_t k = table.Locate(addr);
   if (k == 0) return false;
-  f(table.RangeAt(k), *table.slots[k].device);
+  f(table.RangeAt(k), internal::Untagged(table.slots[k].device));
   return true;
 }
 

@@ -4,6 +4,7 @@
 #include "vm_device/vcpu_thread.h"
 
 #include "src/internal/rcu.h"
+#include "vm_device/access_info.h"
 
 namespace vm_device {
 
@@ -11,7 +12,13 @@ VcpuThread::VcpuThread() : owns_registration_(!internal::IsRegistered()) {
   if (owns_registration_) internal::RegisterForScope();
 }
 
+VcpuThread::VcpuThread(uint32_t vcpu_id) : VcpuThread() {
+  sets_vcpu_id_ = true;
+  previous_vcpu_id_ = internal::ExchangeCurrentVcpuId(vcpu_id);
+}
+
 VcpuThread::~VcpuThread() {
+  if (sets_vcpu_id_) internal::ExchangeCurrentVcpuId(previous_vcpu_id_);
   if (owns_registration_) internal::UnregisterForScope();
 }
 

@@ -44,6 +44,12 @@
 // Handler context: handlers run inside the dispatching thread's RCU read-side
 // critical section (see io_manager.h for what that allows: registering,
 // deregistering and dispatching are fine; `IoManager::Synchronize()` is not).
+// Opting into more: a device that wants the vCPU id and the full guest
+// address of each access derives from `DevicePioWithInfo` /
+// `DeviceMmioWithInfo` (access_info.h) instead; per-range access rules and
+// eventfd doorbells are in access_rules.h and doorbell.h. Devices that use
+// none of it keep the crate's signatures above and pay nothing for them.
+//
 // Lifetime: devices are held by `std::shared_ptr`; the manager keeps its
 // reference until no vCPU can still be inside a handler (an RCU grace period
 // after the device's last range was deregistered).
@@ -57,6 +63,19 @@
 #include "vm_device/address.h"
 
 namespace vm_device {
+namespace internal {
+
+// How a snapshot slot routes an access (src/internal/range_table.h keeps the
+// tag in the low bits of the slot's device pointer; devices are at least
+// 8-byte aligned, having a vtable pointer).
+inline constexpr uintptr_t kDispatchPlain = 0;     // call the handler
+inline constexpr uintptr_t kDispatchWithInfo = 1;  // Device*WithInfo
+inline constexpr uintptr_t kDispatchHook = 2;      // rules and/or doorbell
+inline constexpr uintptr_t kDispatchTagMask = 3;
+
+struct DispatchTagAccess;
+
+}  // namespace internal
 
 // DevicePio
 //
@@ -77,6 +96,13 @@ class DevicePio {
   // Applies a write of `data` at `base + offset`.
   virtual void PioWrite(PioAddress base, PioAddressOffset offset,
                         absl::Span<const uint8_t> data) const = 0;
+
+ private:
+  friend struct internal::DispatchTagAccess;
+  // How the bus dispatches to this device: 0, the handlers above. Overridden
+  // only by the library's own classes (access_info.h, access_rules.h,
+  // doorbell.h); read when a snapshot is built, never on the dispatch path.
+  virtual uintptr_t BusDispatchTag() const { return 0; }
 };
 
 // DeviceMmio
@@ -97,6 +123,13 @@ class DeviceMmio {
   // Applies a write of `data` at `base + offset`.
   virtual void MmioWrite(MmioAddress base, MmioAddressOffset offset,
                          absl::Span<const uint8_t> data) const = 0;
+
+ private:
+  friend struct internal::DispatchTagAccess;
+  // How the bus dispatches to this device: 0, the handlers above. Overridden
+  // only by the library's own classes (access_info.h, access_rules.h,
+  // doorbell.h); read when a snapshot is built, never on the dispatch path.
+  virtual uintptr_t BusDispatchTag() const { return 0; }
 };
 
 // MutDevicePio
@@ -133,6 +166,15 @@ class MutDeviceMmio {
                          absl::Span<const uint8_t> data) = 0;
 };
 
+namespace internal {
+
+// Reads a device's dispatch tag (the library's own use only).
+struct DispatchTagAccess {
+  static uintptr_t Of(const DevicePio& d) { return d.BusDispatchTag(); }
+  static uintptr_t Of(const DeviceMmio& d) { return d.BusDispatchTag(); }
+};
+
+}  // namespace internal
 }  // namespace vm_device
 
 #endif  // VM_DEVICE_DEVICE_H_

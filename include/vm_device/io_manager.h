@@ -252,7 +252,9 @@ class VM_DEVICE_EXPORT IoManager {
   // Dispatches an access of `data.size()` bytes at `addr` to the device whose
   // range holds the whole access, calling it with `(range base, addr - base,
   // data)`. Returns kOk when a device was called, otherwise why not (see
-  // io_status.h) without calling any device.
+  // io_status.h) without calling any device. Ranges with access rules
+  // (access_rules.h) or doorbells (doorbell.h) may also answer
+  // kAccessRuleViolation or kDoorbellUnmatched; a doorbell ring is kOk.
   //
   // Wait-free, allocation-free; may be called from a handler. Handler
   // exceptions propagate.

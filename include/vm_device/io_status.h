@@ -19,6 +19,22 @@
 //                         of the address space. Checked before the lookup: a
 //                         zero-length access is kInvalidRange even where no
 //                         device is mapped.
+//   kAccessRuleViolation  the access breaks the access rules of the range
+//                         that holds it (access_rules.h): too narrow, too
+//                         wide or misaligned. No device was called.
+//   kDoorbellUnmatched    the access hit a doorbell (doorbell.h) registered
+//                         without a fallback device, and was a read, or a
+//                         write that does not match the doorbell's size or
+//                         value. No eventfd was signalled, no device called.
+//
+// Example (a vCPU loop turning the answer into open-bus behaviour):
+//
+//   uint8_t v[4];
+//   vm_device::IoStatus s = io.MmioRead(vm_device::MmioAddress(gpa), v);
+//   if (s != vm_device::IoStatus::kOk) {
+//     std::fill(std::begin(v), std::end(v), 0xff);  // no device: all ones
+//     LOG_EVERY_N(INFO, 1000) << "MMIO read at " << gpa << ": " << s;
+//   }
 //
 // Thread safety, progress, memory ordering, lifetime: a plain value.
 
@@ -36,12 +52,14 @@ enum class [[nodiscard]] IoStatus : uint8_t{
     kDeviceNotFound = 1,
     kInvalidAccessLength = 2,
     kInvalidRange = 3,
+    kAccessRuleViolation = 4,
+    kDoorbellUnmatched = 5,
 };
 
 // IoStatusName()
 //
 // A short description: "ok", "device not found", "invalid access length",
-// "invalid range".
+// "invalid range", "access rule violation", "unmatched doorbell access".
 constexpr std::string_view IoStatusName(IoStatus s) {
   switch (s) {
     case IoStatus::kOk:
@@ -52,6 +70,10 @@ constexpr std::string_view IoStatusName(IoStatus s) {
       return "invalid access length";
     case IoStatus::kInvalidRange:
       return "invalid range";
+    case IoStatus::kAccessRuleViolation:
+      return "access rule violation";
+    case IoStatus::kDoorbellUnmatched:
+      return "unmatched doorbell access";
   }
   return "unknown IoStatus";
 }

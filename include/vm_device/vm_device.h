@@ -14,16 +14,22 @@
 //   locked_device.h  LockedDevice<T>: a per-device lock for Mut devices
 //   resources.h      Resource, ResourceConstraint, DeviceResources
 //   io_manager.h     IoManager: wait-free dispatch, RCU-published registration
-//   vcpu_thread.h    VcpuThread: explicit RCU reader registration
+//   vcpu_thread.h    VcpuThread: explicit RCU reader registration, vCPU id
+//   access_info.h    Device*WithInfo: handlers that see vCPU id and address
+//   access_rules.h   per-range access sizes and alignment
+//   doorbell.h       eventfd doorbells (ioeventfd in the userspace bus)
 //   version.h        VM_DEVICE_VERSION_*, VersionString()
 
 #ifndef VM_DEVICE_VM_DEVICE_H_
 #define VM_DEVICE_VM_DEVICE_H_
 
+#include "vm_device/access_info.h"    // IWYU pragma: export
+#include "vm_device/access_rules.h"   // IWYU pragma: export
 #include "vm_device/address.h"        // IWYU pragma: export
 #include "vm_device/bus.h"            // IWYU pragma: export
 #include "vm_device/bus_range.h"      // IWYU pragma: export
 #include "vm_device/device.h"         // IWYU pragma: export
+#include "vm_device/doorbell.h"       // IWYU pragma: export
 #include "vm_device/io_manager.h"     // IWYU pragma: export
 #include "vm_device/io_status.h"      // IWYU pragma: export
 #include "vm_device/locked_device.h"  // IWYU pragma: export

@@ -23,6 +23,15 @@ size_t ArrayBytes(size_t n) {
   return RoundUp(n * sizeof(T));
 }
 
+// The slot's device pointer: the device, with its dispatch tag (device.h) in
+// the low bits (a device is at least 8-byte aligned: it has a vtable pointer).
+template <typename D>
+const D* TaggedDevice(const D& device) {
+  static_assert(alignof(D) > kDispatchTagMask);
+  return reinterpret_cast<const D*>(reinterpret_cast<uintptr_t>(&device) |
+                                    DispatchTagAccess::Of(device));
+}
+
 // Lays a master bus out in Eytzinger order into the arrays at `keys` and
 // `slots` (n + 1 elements each; element 0 unused).
 template <typename A, typename D>
@@ -37,8 +46,8 @@ void Fill(const Bus<A, std::shared_ptr<D>>& bus, BusTable<A, D>* table,
       bus.size(), [&](size_t node, size_t i) {
         const BusEntry<A, const std::shared_ptr<D>> e = bus.At(i);
         new (&k[node]) typename Table::Value(e.range.base().value());
-        new (&s[node])
-            typename Table::Slot{e.range.last().value(), e.device->get()};
+        new (&s[node]) typename Table::Slot{e.range.last().value(),
+                                            TaggedDevice(**e.device)};
       });
   table->keys = k;
   table->slots = s;

@@ -88,6 +88,10 @@ template <typename A, typename D>
 struct BusTable {
   using Value = typename A::Value;
   using Device = D;
+  // `device` carries the device's dispatch tag (device.h) in its low two
+  // bits: 0 for a device with the crate's handlers (call it as is), else
+  // Device*WithInfo or a range hook (src/internal/range_hook.h), which
+  // dispatch takes out of line. Mask with ~kDispatchTagMask before use.
   struct Slot {
     Value last;
     const D* device;
@@ -118,7 +122,8 @@ struct BusTable {
   // BusTable::Find()
   //
   // The access check of `Bus::CheckAccess()` against this snapshot. On kOk,
-  // `*base` and `*device` are the matching range's base and device.
+  // `*base` and `*device` are the matching range's base and (tagged, see
+  // Slot) device.
   ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Find(A addr, size_t len, A* base,
                                              const D** device) const {
     Value access_last;

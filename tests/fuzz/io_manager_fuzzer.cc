@@ -3,7 +3,8 @@
 // deregister, resource registration, batches, moves, lookups and accesses on
 // both buses, and checks every answer and the whole state after every step
 // against a plain reference model written here (std::map of ranges). Any
-// divergence aborts with a description.
+// divergence aborts with a description. Two of the device indices are devices
+// behind access rules (access_rules.h), which the model checks too.
 //
 // Build and run: tools/run_fuzzer.sh [seconds]. The same file, built with
 // VM_DEVICE_FUZZ_REPLAY_MAIN, is //tests:io_manager_fuzz_replay_test, which
@@ -20,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -65,7 +67,24 @@ class Input {
 // The devices
 // ---------------------------------------------------------------------------
 
-constexpr int kDevices = 6;  // device index kDevices means "null device"
+constexpr int kDevices = 6;  // plain devices: indices 0..5
+// Indices 6 and 7: devices 4 and 5 behind access rules (access_rules.h), one
+// object per bus; index kNull (8) means "null device".
+constexpr int kRuled = 2;
+constexpr int kNull = kDevices + kRuled;
+const AccessRules kRules[kRuled] = {
+    {.min_size = 2, .max_size = 4, .alignment = 2},
+    {.max_size = 8, .natural_alignment = true},
+};
+// The plain device behind index `dev`.
+int Inner(int dev) { return dev < kDevices ? dev : dev - kRuled; }
+// Whether the model lets an access of `len` at `offset` through index `dev`.
+bool Allowed(int dev, uint64_t offset, size_t len) {
+  if (dev < kDevices) return true;
+  const AccessRules& r = kRules[dev - kDevices];
+  return len >= r.min_size && (r.max_size == 0 || len <= r.max_size) &&
+         offset % r.alignment == 0 && (!r.natural_alignment || offset % len == 0);
+}
 
 struct LastCall {
   int calls = 0;
@@ -189,11 +208,21 @@ class Run {
   }
 
   static void LeakCheck() {
+    PioRuled();  // built, so that they hold their references
+    MmioRuled();
     FUZZ_CHECK(Manager()->Synchronize().ok(), "Synchronize");
     const auto& devices = Devices();
     for (int i = 0; i < kDevices; ++i) {
-      FUZZ_CHECK(devices[i].use_count() == 1,
+      // Devices 4 and 5 are also held by their two ruled objects each.
+      const long held = i >= kDevices - kRuled ? 3 : 1;
+      FUZZ_CHECK(devices[i].use_count() == held,
                  "device " + std::to_string(i) + " leaked a reference");
+    }
+    for (int i = 0; i < kRuled; ++i) {
+      FUZZ_CHECK(PioRuled()[i].use_count() == 1 &&
+                     MmioRuled()[i].use_count() == 1,
+                 "ruled device " + std::to_string(kDevices + i) +
+                     " leaked a reference");
     }
   }
 
@@ -284,16 +313,27 @@ class Run {
         return 1 + in.U8() % 32;
     }
   }
-  int DeviceIndex(Input& in) { return in.U8() % (kDevices + 1); }
+  int DeviceIndex(Input& in) { return in.U8() % (kNull + 1); }
 
   template <typename T>
   std::shared_ptr<T> Dev(int i) {
-    if (i >= kDevices) return nullptr;
-    return devices_[i];
+    if (i >= kNull) return nullptr;
+    if (i < kDevices) return devices_[i];
+    if constexpr (std::is_same_v<T, DevicePio>) {
+      return PioRuled()[i - kDevices];
+    } else {
+      return MmioRuled()[i - kDevices];
+    }
   }
   int IndexOf(const void* p) {
     for (int i = 0; i < kDevices; ++i) {
       if (p == static_cast<const void*>(devices_[i].get())) return i;
+    }
+    for (int i = 0; i < kRuled; ++i) {
+      if (p == dynamic_cast<const void*>(PioRuled()[i].get()) ||
+          p == dynamic_cast<const void*>(MmioRuled()[i].get())) {
+        return kDevices + i;
+      }
     }
     return -1;
   }
@@ -340,7 +380,7 @@ class Run {
     if (!ModelBus::ValidRange(b.max, base, size)) return;  // cannot be built
     const uint64_t last = base + size - 1;
     absl::StatusCode want = absl::StatusCode::kOk;
-    if (dev >= kDevices) {
+    if (dev == kNull) {
       want = absl::StatusCode::kInvalidArgument;
     } else if (b.Overlaps(base, last)) {
       want = absl::StatusCode::kAlreadyExists;
@@ -452,9 +492,11 @@ class Run {
     } else {
       auto it = b.Holding(addr);
       if (it != b.ranges.end() && it->second.last >= addr + (len - 1)) {
-        want = IoStatus::kOk;
         hit_base = it->first;
-        expected_dev_ = it->second.device;
+        expected_dev_ = Inner(it->second.device);
+        want = Allowed(it->second.device, addr - hit_base, len)
+                   ? IoStatus::kOk
+                   : IoStatus::kAccessRuleViolation;
       } else {
         want = IoStatus::kDeviceNotFound;
       }
@@ -566,7 +608,7 @@ class Run {
         }
         ++added;
         if (want != absl::StatusCode::kOk) continue;
-        if (dev >= kDevices) {
+        if (dev == kNull) {
           want = absl::StatusCode::kInvalidArgument;
         } else if (b.Overlaps(base, base + size - 1)) {
           want = absl::StatusCode::kAlreadyExists;
@@ -659,8 +701,10 @@ class Run {
   // RegisterResources (both buses), RegisterPioResources or
   // RegisterMmioResources; all or nothing.
   void RegisterResources(Input& in) {
-    const uint8_t which = in.U8() % 3;  // 0 both, 1 PIO only, 2 MMIO only
+    uint8_t which = in.U8() % 3;  // 0 both, 1 PIO only, 2 MMIO only
     const int dev = DeviceIndex(in);
+    // A ruled device is one object per bus: register it on one bus.
+    if (dev >= kDevices && dev < kNull && which == 0) which = 1;
     const std::vector<Resource> res = Resources(in);
     const bool want_pio = which != 2, want_mmio = which != 1;
     Model next = model_;
@@ -682,7 +726,7 @@ class Run {
     }
     for (const auto& [pio, r] : order) {
       if (!ModelBus::ValidRange(next.bus(pio).max, r.first, r.second) ||
-          dev >= kDevices) {
+          dev == kNull) {
         want = absl::StatusCode::kInvalidArgument;
         break;
       }
@@ -698,13 +742,13 @@ class Run {
       }
     }
     absl::Status got;
-    auto d = dev < kDevices ? devices_[dev] : nullptr;
     if (which == 0) {
+      auto d = dev < kDevices ? devices_[dev] : nullptr;
       got = manager_->RegisterResources(d, res);
     } else if (which == 1) {
-      got = manager_->RegisterPioResources(d, res);
+      got = manager_->RegisterPioResources(Dev<DevicePio>(dev), res);
     } else {
-      got = manager_->RegisterMmioResources(d, res);
+      got = manager_->RegisterMmioResources(Dev<DeviceMmio>(dev), res);
     }
     FUZZ_CHECK(got.code() == want, "register resources: " + got.ToString());
     if (got.ok()) model_ = std::move(next);
@@ -768,6 +812,29 @@ class Run {
       return v;
     }();
     return *devices;
+  }
+  // Devices 4 and 5 behind kRules, as a PIO and as an MMIO device.
+  static const std::vector<std::shared_ptr<DevicePio>>& PioRuled() {
+    static const auto* v = [] {
+      auto* r = new std::vector<std::shared_ptr<DevicePio>>;
+      for (int i = 0; i < kRuled; ++i) {
+        r->push_back(*PioWithAccessRules(Devices()[kDevices - kRuled + i],
+                                         kRules[i]));
+      }
+      return r;
+    }();
+    return *v;
+  }
+  static const std::vector<std::shared_ptr<DeviceMmio>>& MmioRuled() {
+    static const auto* v = [] {
+      auto* r = new std::vector<std::shared_ptr<DeviceMmio>>;
+      for (int i = 0; i < kRuled; ++i) {
+        r->push_back(*MmioWithAccessRules(Devices()[kDevices - kRuled + i],
+                                          kRules[i]));
+      }
+      return r;
+    }();
+    return *v;
   }
   static IoManager* Manager() {
     static IoManager* manager = new IoManager;
