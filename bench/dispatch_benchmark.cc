@@ -55,6 +55,15 @@
 //                           through the bursts, then backward, and so on
 //                           (rcu, rwlock_map, mutex_map; n = the start map).
 //               trace_hotplug_1khz  the same at 1,000 changes per second.
+//     engine rcu_locked: rcu with every range's device a LockedDevice of its
+//                    own (uniform and trace workloads only).
+//   BM_Sharded/<one_lock|sharded>/shards:4/threads:<t>
+//     one device with 4 register banks (bench/engines.h BankedMutDevice)
+//     behind a LockedDevice (one_lock) or a ShardedDevice (sharded, a lock
+//     per bank), in an IoManager; thread i writes 4-byte registers of bank
+//     i % 4 only. t = 1, 2, 4.
+//   BM_Sharded/<one_lock|sharded>/same_shard/threads:<t>
+//     the same, every thread writing bank 0.
 //   BM_Register/rcu/<one_by_one|batch>/ranges:<n>
 //     registering n ranges into an empty IoManager, one call per range or as
 //     one IoBatch (IoManager::Commit), in ascending address order.
@@ -128,6 +137,8 @@
 #include "src/internal/range_table.h"
 #include "tools/trace_format.h"
 #include "vm_device/io_manager.h"
+#include "vm_device/locked_device.h"
+#include "vm_device/sharded_device.h"
 
 namespace vm_device {
 namespace bench {
@@ -857,6 +868,118 @@ void RegisterEngine() {
 }
 
 // ---------------------------------------------------------------------------
+// Mut devices: BM_Sharded.
+// ---------------------------------------------------------------------------
+
+constexpr uint64_t kBankedBase = 0xe0000000;
+
+// An IoManager holding one BankedMutDevice, behind one lock or a lock per
+// bank; one of each, never destroyed.
+const RcuEngine& BankedEngine(bool sharded) {
+  static RcuEngine* engines[2] = {nullptr, nullptr};
+  static absl::Mutex mu;
+  absl::MutexLock lock(&mu);
+  RcuEngine*& e = engines[sharded];
+  if (e == nullptr) {
+    e = new RcuEngine;
+    std::shared_ptr<DeviceMmio> device;
+    if (sharded) {
+      device = MakeSharded<BankedMutDevice>();
+    } else {
+      device = MakeLocked<BankedMutDevice>();
+    }
+    const absl::Status s = e->manager().RegisterMmio(
+        *MmioRange::Create(
+            MmioAddress(kBankedBase),
+            BankedMutDevice::kShards * BankedMutDevice::kBankBytes),
+        std::move(device));
+    if (!s.ok()) {
+      std::fprintf(stderr, "building the banked device: %s\n",
+                   s.ToString().c_str());
+      std::abort();
+    }
+  }
+  return *e;
+}
+
+// 4-byte writes to the registers of `bank`, in a seeded random order.
+const std::vector<Access>& BankStream(int bank) {
+  static absl::Mutex mu;
+  static auto* cache = new std::map<int, std::vector<Access>>;
+  absl::MutexLock lock(&mu);
+  auto it = cache->find(bank);
+  if (it == cache->end()) {
+    std::mt19937_64 rng(0xba4c0000u + static_cast<uint64_t>(bank));
+    std::vector<Access> s(kStreamLength);
+    for (Access& a : s) {
+      a = {kBankedBase + uint64_t(bank) * BankedMutDevice::kBankBytes +
+               (rng() % 8) * 8,
+           4, BusKind::kMmio, true};
+    }
+    it = cache->emplace(bank, std::move(s)).first;
+  }
+  return it->second;
+}
+
+void BM_Sharded(benchmark::State& state, bool sharded, bool same_shard,
+                RunResults* results) {
+  const RcuEngine& engine = BankedEngine(sharded);
+  const std::vector<Access>& stream =
+      BankStream(same_shard ? 0
+                            : state.thread_index() %
+                                  static_cast<int>(BankedMutDevice::kShards));
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) results->Publish(state);
+}
+
+const int kShardedThreads[] = {1, 2, 4};
+
+// BM_Dispatch/rcu_locked/{uniform,trace} and BM_Sharded.
+void RegisterMutDevices() {
+  for (int ranges : kRangeCounts) {
+    for (int threads : ThreadCounts()) {
+      auto* results = new RunResults;
+      benchmark::RegisterBenchmark(
+          DispatchName(RcuLockedEngine::kName, "uniform", ranges).c_str(),
+          [ranges, results](benchmark::State& s) {
+            BM_Uniform<RcuLockedEngine>(s, ranges, results);
+          })
+          ->Threads(threads)
+          ->UseRealTime();
+    }
+  }
+  if (trace_workload != nullptr) {
+    auto* results = new RunResults;
+    benchmark::RegisterBenchmark(
+        DispatchName(RcuLockedEngine::kName, "trace",
+                     static_cast<int>(trace_workload->map.size()))
+            .c_str(),
+        [results](benchmark::State& s) {
+          BM_Trace<RcuLockedEngine>(s, results);
+        })
+        ->Threads(static_cast<int>(trace_workload->streams.size()))
+        ->UseRealTime();
+  }
+  for (bool same_shard : {false, true}) {
+    for (bool sharded : {false, true}) {
+      for (int threads : kShardedThreads) {
+        auto* results = new RunResults;
+        benchmark::RegisterBenchmark(
+            absl::StrCat("BM_Sharded/", sharded ? "sharded" : "one_lock",
+                         same_shard ? "/same_shard" : "/shards:4")
+                .c_str(),
+            [sharded, same_shard, results](benchmark::State& s) {
+              BM_Sharded(s, sharded, same_shard, results);
+            })
+            ->Threads(threads)
+            ->UseRealTime();
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // trace_hotplug: the recorded accesses of tests/data/qemu-q35-hotplug while a
 // writer replays the recorded device-map changes (BAR sizing, PCIe hotplug).
 // ---------------------------------------------------------------------------
@@ -1073,6 +1196,7 @@ void RegisterAll() {
   RegisterEngine<RcuEngine>();
   RegisterEngine<RwLockMapEngine>();
   RegisterEngine<MutexMapEngine>();
+  RegisterMutDevices();
   RegisterIssue9Workloads<UnsynchronizedEngine>();
   RegisterIssue9Workloads<RcuEngine>();
   for (int ranges : {16, 4096, 65536}) {
@@ -1417,6 +1541,133 @@ void PrintIssue9Targets(const Results& r) {
   }
 }
 
+// The Mut-device part of the summary: rcu_locked against rcu, sharded
+// against one_lock, and the issue's targets.
+void PrintMutSummary(const Results& r) {
+  const std::vector<int> threads = ThreadCounts();
+  bool any = false;
+  for (int ranges : kRangeCounts)
+    any |= r.Get("rcu_locked", "uniform", ranges, 1) > 0;
+  if (any) {
+    std::printf(
+        "\nMut devices: uniform workload, rcu_locked ns per dispatch per "
+        "thread (x ratio to rcu)\n");
+    std::printf("%-12s", "");
+    for (int t : threads)
+      std::printf("  %16s", absl::StrCat("threads:", t).c_str());
+    std::printf("\n");
+    for (int ranges : kRangeCounts) {
+      std::printf("%-12s", absl::StrCat("ranges:", ranges).c_str());
+      for (int t : threads) {
+        const double v = r.Get("rcu_locked", "uniform", ranges, t);
+        const double base = r.Get("rcu", "uniform", ranges, t);
+        if (v < 0) {
+          std::printf("  %16s", "-");
+        } else if (base > 0) {
+          std::printf("  %7.1f (%5.2fx)", v, v / base);
+        } else {
+          std::printf("  %16.1f", v);
+        }
+      }
+      std::printf("\n");
+    }
+    std::printf("\nMut-device targets (ratios within this run):\n");
+    const int cores =
+        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    double worst = 0;
+    std::string worst_where;
+    for (int ranges : kRangeCounts) {
+      for (int t : threads) {
+        if (t > cores) continue;
+        const double v = r.Get("rcu_locked", "uniform", ranges, t);
+        const double base = r.Get("rcu", "uniform", ranges, t);
+        if (v > 0 && base > 0 && v / base > worst) {
+          worst = v / base;
+          worst_where = absl::StrCat("ranges:", ranges, " threads:", t);
+        }
+      }
+    }
+    if (worst > 0) {
+      std::printf(
+          "  rcu_locked / rcu, worst at threads <= cores: %5.2fx at %s"
+          "  (target <= 1.5x: %s)\n",
+          worst, worst_where.c_str(), Verdict(worst <= 1.5));
+      // The same on the sampled medians, which a loaded machine disturbs
+      // less than the wall-clock counter.
+      std::string p50s;
+      for (int ranges : kRangeCounts) {
+        for (int t : threads) {
+          if (t > cores) continue;
+          const double v = r.Get("rcu_locked", "uniform", ranges, t, "p50_ns");
+          const double base = r.Get("rcu", "uniform", ranges, t, "p50_ns");
+          if (v > 0 && base > 0) {
+            absl::StrAppend(&p50s, absl::StrFormat(" r%d/t%d:%.0f/%.0f", ranges,
+                                                   t, v, base));
+          }
+        }
+      }
+      std::printf("    p50 ns rcu_locked/rcu:%s\n", p50s.c_str());
+    }
+    for (int ranges : {256, 4096}) {
+      const double t1 = r.Get("rcu_locked", "uniform", ranges, 1);
+      const double t2 = r.Get("rcu_locked", "uniform", ranges, 2);
+      if (t1 <= 0 || t2 <= 0) continue;
+      std::printf(
+          "  rcu_locked 2 threads / 1 thread, ranges:%-4d (devices rarely "
+          "shared): %5.2fx  (target <= 1.2x: %s); p50 %.0f / %.0f ns\n",
+          ranges, t2 / t1, Verdict(t2 / t1 <= 1.2),
+          r.Get("rcu_locked", "uniform", ranges, 2, "p50_ns"),
+          r.Get("rcu_locked", "uniform", ranges, 1, "p50_ns"));
+    }
+  }
+  auto sharded_ns = [&](const char* mode, const char* shape, int t) {
+    return r.Find(absl::StrCat("BM_Sharded/", mode, "/", shape, "/threads:", t),
+                  "ns_per_dispatch");
+  };
+  if (sharded_ns("sharded", "shards:4", 1) > 0) {
+    std::printf(
+        "\nBM_Sharded: ns per dispatch per thread, sharded (x ratio to "
+        "one_lock)\n");
+    for (const char* shape : {"shards:4", "same_shard"}) {
+      std::printf("  %-11s", shape);
+      for (int t : kShardedThreads) {
+        const double s = sharded_ns("sharded", shape, t);
+        const double o = sharded_ns("one_lock", shape, t);
+        if (s > 0 && o > 0) {
+          std::printf("  t%d: %6.1f vs %6.1f (%5.2fx)", t, s, o, s / o);
+        }
+      }
+      std::printf("\n");
+    }
+    const double s1 = sharded_ns("sharded", "shards:4", 1);
+    const double s2 = sharded_ns("sharded", "shards:4", 2);
+    if (s1 > 0 && s2 > 0) {
+      // p50 too: on a loaded machine the wall-clock counter includes time
+      // spent descheduled, the sampled median mostly does not.
+      const auto p50 = [&](int t) {
+        return r.Find(absl::StrCat("BM_Sharded/sharded/shards:4/threads:", t),
+                      "p50_ns");
+      };
+      std::printf(
+          "  sharded shards:4, 2 threads (a bank each) / 1 thread: %5.2fx  "
+          "(target <= 1.2x: %s); p50 %.0f / %.0f ns\n",
+          s2 / s1, Verdict(s2 / s1 <= 1.2), p50(2), p50(1));
+    }
+  }
+  if (trace_workload != nullptr) {
+    const int n = static_cast<int>(trace_workload->map.size());
+    const int t = static_cast<int>(trace_workload->streams.size());
+    const double locked = r.Get("rcu_locked", "trace", n, t);
+    const double rcu = r.Get("rcu", "trace", n, t);
+    if (locked > 0 && rcu > 0) {
+      std::printf(
+          "  trace, rcu_locked / rcu: %.1f / %.1f ns = %5.2fx  (target <= "
+          "1.5x: %s)\n",
+          locked, rcu, locked / rcu, Verdict(locked / rcu <= 1.5));
+    }
+  }
+}
+
 // The value of --<name>=... in argv, or "" when absent.
 std::string FlagValue(int argc, char** argv, absl::string_view name) {
   const std::string prefix = absl::StrCat("--", name, "=");
@@ -1466,6 +1717,7 @@ int Main(int argc, char** argv) {
     const Results results(runs);
     PrintSummary(results);
     PrintIssue9Targets(results);
+    PrintMutSummary(results);
   }
   std::fflush(stdout);
   benchmark::Shutdown();

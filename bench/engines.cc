@@ -21,6 +21,13 @@ namespace vm_device {
 namespace bench {
 namespace {
 
+template <class... Fs>
+struct Overloaded : Fs... {
+  using Fs::operator()...;
+};
+template <class... Fs>
+Overloaded(Fs...) -> Overloaded<Fs...>;
+
 thread_local CallRecord tls_last_call;
 thread_local uint64_t tls_sink;
 
@@ -131,6 +138,76 @@ absl::Status RcuEngine::AddAll(absl::Span<const RangeSpec> ranges) {
     }
   }
   return manager_.Commit(std::move(batch)).status();
+}
+
+// -----------------------------------------------------------------------------
+// RcuLockedEngine, BankedMutDevice
+// -----------------------------------------------------------------------------
+
+namespace {
+
+// `r` with its device wrapped as a LockedDevice of its own.
+template <typename Batch>
+absl::Status AddLocked(const RangeSpec& r, Batch add) {
+  if (r.device == nullptr) return absl::InvalidArgumentError("null device");
+  auto device = MakeLocked<MutSinkDevice>(r.device->id());
+  if (r.bus == BusKind::kMmio) {
+    auto range = MakeRange<MmioAddress>(r.base, r.size);
+    if (!range.ok()) return range.status();
+    return add(*range, std::shared_ptr<DeviceMmio>(device));
+  }
+  auto range = MakeRange<PioAddress>(r.base, r.size);
+  if (!range.ok()) return range.status();
+  return add(*range, std::shared_ptr<DevicePio>(device));
+}
+
+}  // namespace
+
+absl::Status RcuLockedEngine::Add(const RangeSpec& r) {
+  IoManager& m = rcu_.manager();
+  return AddLocked(
+      r, Overloaded{[&](MmioRange range, std::shared_ptr<DeviceMmio> d) {
+                      return m.RegisterMmio(range, std::move(d));
+                    },
+                    [&](PioRange range, std::shared_ptr<DevicePio> d) {
+                      return m.RegisterPio(range, std::move(d));
+                    }});
+}
+
+absl::Status RcuLockedEngine::Remove(BusKind bus, uint64_t addr) {
+  return rcu_.Remove(bus, addr);
+}
+
+absl::Status RcuLockedEngine::AddAll(absl::Span<const RangeSpec> ranges) {
+  IoBatch batch;
+  for (const RangeSpec& r : ranges) {
+    absl::Status s = AddLocked(
+        r, Overloaded{[&](MmioRange range, std::shared_ptr<DeviceMmio> d) {
+                        batch.AddMmio(range, std::move(d));
+                        return absl::OkStatus();
+                      },
+                      [&](PioRange range, std::shared_ptr<DevicePio> d) {
+                        batch.AddPio(range, std::move(d));
+                        return absl::OkStatus();
+                      }});
+    if (!s.ok()) return s;
+  }
+  return rcu_.manager().Commit(std::move(batch)).status();
+}
+
+void BankedMutDevice::MmioRead(MmioAddress, MmioAddressOffset offset,
+                               absl::Span<uint8_t> data) {
+  const uint64_t reg = banks_[(offset / kBankBytes) % kShards]
+                           .regs[(offset % kBankBytes) / 8 % 8];
+  std::memcpy(data.data(), &reg, std::min(data.size(), sizeof(reg)));
+}
+
+void BankedMutDevice::MmioWrite(MmioAddress, MmioAddressOffset offset,
+                                absl::Span<const uint8_t> data) {
+  uint64_t reg = 0;
+  std::memcpy(&reg, data.data(), std::min(data.size(), sizeof(reg)));
+  banks_[(offset / kBankBytes) % kShards].regs[(offset % kBankBytes) / 8 % 8] =
+      reg;
 }
 
 // -----------------------------------------------------------------------------

@@ -12,6 +12,9 @@
 //     cloud-hypervisor's `Bus` (`RwLock<BTreeMap>`).
 //   * `MutexMapEngine`: the same maps under one `std::mutex`: an I/O manager
 //     shared behind one Mutex, as Firecracker and rust-vmm users do.
+//   * `RcuLockedEngine` ("rcu_locked"): `RcuEngine` with every range's device
+//     a `LockedDevice<MutSinkDevice>` of its own: the cost of the `Mut`
+//     adapter's per-device lock on top of `rcu`.
 //   * `UnsynchronizedEngine`: immutable sorted arrays searched with the same
 //     `range_search_internal` arithmetic as the RCU table, and no
 //     synchronization at all. The floor: no correct concurrent engine beats
@@ -55,6 +58,8 @@
 #include "vm_device/internal/range_search.h"
 #include "vm_device/io_manager.h"
 #include "vm_device/io_status.h"
+#include "vm_device/locked_device.h"
+#include "vm_device/sharded_device.h"
 
 namespace vm_device {
 namespace bench {
@@ -172,6 +177,98 @@ class RcuEngine {
 
  private:
   IoManager manager_;
+};
+
+// ---------------------------------------------------------------------------
+// RcuLockedEngine, and the devices of the Mut-adapter benchmarks
+// ---------------------------------------------------------------------------
+
+// MutSinkDevice
+//
+// `SinkDevice`'s work as a device written for one caller at a time
+// (`MutDevicePio`/`MutDeviceMmio`), to be wrapped in a `LockedDevice`. Its
+// handlers are `SinkDevice`'s, called directly, so `rcu_locked` and `rcu`
+// differ by the adapter (lock, re-entry record) alone.
+class MutSinkDevice final : public MutDevicePio, public MutDeviceMmio {
+ public:
+  explicit MutSinkDevice(uint8_t id) : sink_(id) {}
+
+  void PioRead(PioAddress base, PioAddressOffset offset,
+               absl::Span<uint8_t> data) override {
+    sink_.PioRead(base, offset, data);
+  }
+  void PioWrite(PioAddress base, PioAddressOffset offset,
+                absl::Span<const uint8_t> data) override {
+    sink_.PioWrite(base, offset, data);
+  }
+  void MmioRead(MmioAddress base, MmioAddressOffset offset,
+                absl::Span<uint8_t> data) override {
+    sink_.MmioRead(base, offset, data);
+  }
+  void MmioWrite(MmioAddress base, MmioAddressOffset offset,
+                 absl::Span<const uint8_t> data) override {
+    sink_.MmioWrite(base, offset, data);
+  }
+
+ private:
+  SinkDevice sink_;
+};
+
+// RcuLockedEngine
+//
+// `RcuEngine` where each registered range gets a new
+// `LockedDevice<MutSinkDevice>` (with the id of the range's `SinkDevice`),
+// so that no two ranges share a lock.
+class RcuLockedEngine {
+ public:
+  static constexpr absl::string_view kName = "rcu_locked";
+  static constexpr bool kConcurrentChanges = true;
+
+  absl::Status Add(const RangeSpec& r);
+  absl::Status Remove(BusKind bus, uint64_t addr);
+  absl::Status AddAll(absl::Span<const RangeSpec> ranges);
+
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus Read(BusKind bus, uint64_t addr,
+                                             absl::Span<uint8_t> data) const {
+    return rcu_.Read(bus, addr, data);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE IoStatus
+  Write(BusKind bus, uint64_t addr, absl::Span<const uint8_t> data) const {
+    return rcu_.Write(bus, addr, data);
+  }
+
+  IoManager& manager() { return rcu_.manager(); }
+
+ private:
+  RcuEngine rcu_;
+};
+
+// BankedMutDevice
+//
+// The device of BM_Sharded: `kShards` independent register banks of
+// `kBankBytes` bytes of MMIO each, written for one caller at a time. Each
+// bank is eight 64-bit registers on a cache line of its own; a write stores
+// into the register it addresses, a read returns it. `ShardOf` maps an access
+// to its bank, so `ShardedDevice` gives each bank its own lock; wrapped in a
+// `LockedDevice` it has one lock for all banks.
+class BankedMutDevice final : public MutDeviceMmio {
+ public:
+  static constexpr size_t kShards = 4;
+  static constexpr uint64_t kBankBytes = 0x1000;
+
+  size_t ShardOf(MmioAddress, MmioAddressOffset offset, size_t) const {
+    return static_cast<size_t>(offset / kBankBytes);
+  }
+  void MmioRead(MmioAddress base, MmioAddressOffset offset,
+                absl::Span<uint8_t> data) override;
+  void MmioWrite(MmioAddress base, MmioAddressOffset offset,
+                 absl::Span<const uint8_t> data) override;
+
+ private:
+  struct alignas(ABSL_CACHELINE_SIZE) Bank {
+    uint64_t regs[8] = {};
+  };
+  Bank banks_[kShards];
 };
 
 // ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@
 #include "src/internal/rcu.h"
 #include "vm_device/access_info.h"
 #include "vm_device/internal/annotated_mutex_lock.h"
+#include "vm_device/internal/device_lock.h"
 
 namespace vm_device {
 namespace {
@@ -777,6 +778,12 @@ absl::Status IoManager::Synchronize() const {
     return absl::FailedPreconditionError(
         "IoManager::Synchronize called inside a read-side critical section "
         "(from a device handler?): it would wait for itself");
+  }
+  if (device_lock_internal::HeldDepth() != 0) {
+    return absl::FailedPreconditionError(
+        "IoManager::Synchronize called while this thread holds a device lock "
+        "(in a LockedDevice/ShardedDevice handler or WithLock()): a vCPU "
+        "waiting for that lock would never let the grace period end");
   }
   if (internal::OnReclaimThread()) {
     return absl::FailedPreconditionError(

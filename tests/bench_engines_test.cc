@@ -247,6 +247,43 @@ TEST(BenchEngines, AllEnginesRefuseOverlaps) {
   });
 }
 
+// rcu_locked (every range a LockedDevice of its own) routes as rcu does and
+// calls the same work.
+TEST(BenchEngines, RcuLockedRoutesLikeRcuWithALockPerRange) {
+  const std::vector<RangeSpec> map = TestMap();
+  const std::vector<Access> probes = Probes(map);
+  RcuEngine rcu;
+  RcuLockedEngine locked;
+  ASSERT_TRUE(rcu.AddAll(map).ok());
+  ASSERT_TRUE(locked.AddAll(map).ok());
+  std::vector<uint8_t> a(0x10000 + 16), b(0x10000 + 16);
+  int ok = 0;
+  for (const Access& p : probes) {
+    a[0] = b[0] = 0xaa;
+    ClearLastCall();
+    const IoStatus want = Dispatch(rcu, p, a.data());
+    const CallRecord want_call = LastCall();
+    ClearLastCall();
+    const IoStatus got = Dispatch(locked, p, b.data());
+    const CallRecord& got_call = LastCall();
+    SCOPED_TRACE(testing::Message() << "addr=0x" << std::hex << p.addr);
+    ASSERT_EQ(got, want);
+    if (want != IoStatus::kOk) continue;
+    ++ok;
+    EXPECT_EQ(got_call.base, want_call.base);
+    EXPECT_EQ(got_call.offset, want_call.offset);
+    EXPECT_EQ(got_call.size, want_call.size);
+    EXPECT_EQ(got_call.write, want_call.write);
+    if (!p.write) EXPECT_EQ(b[0], a[0]);
+  }
+  EXPECT_GT(ok, 500);
+  // 0xcf8 and 0xcfc share a SinkDevice; they get a lock (device) each.
+  auto d1 = locked.manager().PioDevice(PioAddress(0xcf8));
+  auto d2 = locked.manager().PioDevice(PioAddress(0xcfc));
+  ASSERT_TRUE(d1.has_value() && d2.has_value());
+  EXPECT_NE(d1->second.get(), d2->second.get());
+}
+
 }  // namespace
 }  // namespace bench
 }  // namespace vm_device

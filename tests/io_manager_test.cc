@@ -96,7 +96,7 @@ class ConfigDevice final : public MutDevicePio, public MutDeviceMmio {
 };
 
 uint32_t ConfigOf(LockedDevice<ConfigDevice>& dev) {
-  return dev.WithLock([](ConfigDevice& d) { return d.config(); });
+  return dev.WithLock([](ConfigDevice& d) { return d.config(); }).value();
 }
 
 // One access as a device saw it.

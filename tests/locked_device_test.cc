@@ -84,13 +84,14 @@ TEST(LockedDevice, ForwardsBaseOffsetAndDataToT) {
 
   const uint8_t out[] = {1, 2, 3};
   pio.PioWrite(PioAddress(0x3f8), 3, out);
-  dev->WithLock([](BothDev& d) {
-    const Seen& s = d.PioDev::seen;
-    EXPECT_EQ(s.base, 0x3f8u);
-    EXPECT_EQ(s.offset, 3u);
-    EXPECT_EQ(s.data, (std::vector<uint8_t>{1, 2, 3}));
-    EXPECT_EQ(s.writes, 1);
-  });
+  EXPECT_TRUE(dev->WithLock([](BothDev& d) {
+                   const Seen& s = d.PioDev::seen;
+                   EXPECT_EQ(s.base, 0x3f8u);
+                   EXPECT_EQ(s.offset, 3u);
+                   EXPECT_EQ(s.data, (std::vector<uint8_t>{1, 2, 3}));
+                   EXPECT_EQ(s.writes, 1);
+                 })
+                  .ok());
   uint8_t in[2] = {};
   pio.PioRead(PioAddress(0x60), 1, absl::MakeSpan(in));
   EXPECT_THAT(in, testing::ElementsAre(0x10, 0x11));
@@ -98,14 +99,15 @@ TEST(LockedDevice, ForwardsBaseOffsetAndDataToT) {
   mmio.MmioWrite(MmioAddress(0xfee0'0000), 0x30, out);
   mmio.MmioRead(MmioAddress(0xfed0'0000), 0x8, absl::MakeSpan(in));
   EXPECT_THAT(in, testing::ElementsAre(0x20, 0x21));
-  dev->WithLock([](BothDev& d) {
-    const Seen& s = d.MmioDev::seen;
-    EXPECT_EQ(s.base, 0xfed0'0000u);
-    EXPECT_EQ(s.offset, 0x8u);
-    EXPECT_EQ(s.writes, 1);
-    EXPECT_EQ(s.reads, 1);
-    EXPECT_EQ(d.PioDev::seen.reads, 1);
-  });
+  EXPECT_TRUE(dev->WithLock([](BothDev& d) {
+                   const Seen& s = d.MmioDev::seen;
+                   EXPECT_EQ(s.base, 0xfed0'0000u);
+                   EXPECT_EQ(s.offset, 0x8u);
+                   EXPECT_EQ(s.writes, 1);
+                   EXPECT_EQ(s.reads, 1);
+                   EXPECT_EQ(d.PioDev::seen.reads, 1);
+                 })
+                  .ok());
 }
 
 TEST(LockedDevice, ImplementsOnlyTheInterfacesOfT) {
@@ -150,19 +152,20 @@ TEST(LockedDevice, FillsWholeCacheLines) {
 
 TEST(LockedDevice, ConstructsInPlaceOrFromAValue) {
   LockedDevice<PioDev> from_value(PioDev(5));
-  EXPECT_EQ(from_value.WithLock([](PioDev& d) { return d.tag; }), 5);
+  EXPECT_EQ(from_value.WithLock([](PioDev& d) { return d.tag; }).value(), 5);
   LockedDevice<PioDev> in_place(std::in_place, 7);
-  EXPECT_EQ(in_place.WithLock([](PioDev& d) { return d.tag; }), 7);
-  EXPECT_EQ(MakeLocked<PioDev>(9)->WithLock([](PioDev& d) { return d.tag; }),
-            9);
+  EXPECT_EQ(in_place.WithLock([](PioDev& d) { return d.tag; }).value(), 7);
+  EXPECT_EQ(
+      MakeLocked<PioDev>(9)->WithLock([](PioDev& d) { return d.tag; }).value(),
+      9);
 }
 
 TEST(LockedDevice, WithLockGivesMutableAccess) {
   auto dev = MakeLocked<PioDev>(1);
-  dev->WithLock([](PioDev& d) { d.tag = 42; });
-  EXPECT_EQ(dev->WithLock([](PioDev& d) { return d.tag; }), 42);
-  int& ref = dev->WithLock([](PioDev& d) -> int& { return d.tag; });
-  EXPECT_EQ(&ref, &dev->WithLock([](PioDev& d) -> int& { return d.tag; }));
+  EXPECT_TRUE(dev->WithLock([](PioDev& d) { d.tag = 42; }).ok());
+  EXPECT_EQ(dev->WithLock([](PioDev& d) { return d.tag; }).value(), 42);
+  int* ptr = dev->WithLock([](PioDev& d) { return &d.tag; }).value();
+  EXPECT_EQ(ptr, dev->WithLock([](PioDev& d) { return &d.tag; }).value());
 }
 
 // A device whose handler would lose updates, or notice a second caller
@@ -201,8 +204,9 @@ TEST(LockedDevice, SerializesHandlersAcrossThreads) {
   std::thread t1(hammer), t2(hammer);
   t1.join();
   t2.join();
-  EXPECT_EQ(dev->WithLock([](Tally& t) { return t.count(); }), 2u * kPerThread);
-  EXPECT_FALSE(dev->WithLock([](Tally& t) { return t.overlapped(); }));
+  EXPECT_EQ(dev->WithLock([](Tally& t) { return t.count(); }).value(),
+            2u * kPerThread);
+  EXPECT_FALSE(dev->WithLock([](Tally& t) { return t.overlapped(); }).value());
   EXPECT_EQ(dev->refused_reentrant_accesses(), 0u);
 }
 
@@ -240,13 +244,15 @@ TEST(LockedDevice, RefusesReentryFromItsOwnHandler) {
   const uint8_t b[] = {1};
   ASSERT_EQ(io.PioWrite(PioAddress(0x70), b), IoStatus::kOk);  // no deadlock
   EXPECT_EQ(dev->refused_reentrant_accesses(), 2u);
-  dev->WithLock([](SelfCaller& d) {
-    EXPECT_EQ(d.writes, 1);  // the nested write was dropped
-    EXPECT_EQ(d.reads, 0);   // and the nested read never reached it
-    EXPECT_THAT(d.nested_read, testing::ElementsAre(0xff, 0xff));
-    EXPECT_EQ(d.nested_read_status, IoStatus::kOk);
-    EXPECT_EQ(d.nested_write_status, IoStatus::kOk);
-  });
+  EXPECT_TRUE(dev->WithLock([](SelfCaller& d) {
+                   EXPECT_EQ(d.writes, 1);  // the nested write was dropped
+                   EXPECT_EQ(d.reads,
+                             0);  // and the nested read never reached it
+                   EXPECT_THAT(d.nested_read, testing::ElementsAre(0xff, 0xff));
+                   EXPECT_EQ(d.nested_read_status, IoStatus::kOk);
+                   EXPECT_EQ(d.nested_write_status, IoStatus::kOk);
+                 })
+                  .ok());
 
   // Outside its handler, the same thread is served normally.
   uint8_t in[1] = {};
@@ -285,8 +291,8 @@ TEST(LockedDevice, RefusesReentryThroughAnotherDevice) {
   ASSERT_TRUE(io.RegisterPio(PioRange::Unit(PioAddress(0x91)), b).ok());
   const uint8_t hops[] = {5};  // a -> b -> a (refused)
   ASSERT_EQ(io.PioWrite(PioAddress(0x90), hops), IoStatus::kOk);
-  EXPECT_EQ(a->WithLock([](Forwarder& f) { return f.writes; }), 1);
-  EXPECT_EQ(b->WithLock([](Forwarder& f) { return f.writes; }), 1);
+  EXPECT_EQ(a->WithLock([](Forwarder& f) { return f.writes; }).value(), 1);
+  EXPECT_EQ(b->WithLock([](Forwarder& f) { return f.writes; }).value(), 1);
   EXPECT_EQ(a->refused_reentrant_accesses(), 1u);
   EXPECT_EQ(b->refused_reentrant_accesses(), 0u);
 }
@@ -334,7 +340,7 @@ TEST(LockedDevice, OtherThreadsWaitInsteadOfBeingRefused) {
   holder.join();
   waiter.join();
   EXPECT_TRUE(second_done.load());
-  EXPECT_EQ(dev->WithLock([](Gate& g) { return g.writes; }), 2);
+  EXPECT_EQ(dev->WithLock([](Gate& g) { return g.writes; }).value(), 2);
   EXPECT_EQ(dev->refused_reentrant_accesses(), 0u);
 }
 
@@ -375,13 +381,13 @@ TEST(LockedDevice, ThrowingHandlerReleasesTheLockAndReachesTheCaller) {
   EXPECT_EQ(io.PioRead(PioAddress(0x60), absl::MakeSpan(in)), IoStatus::kOk);
   EXPECT_EQ(in[0], 0x77);
   EXPECT_EQ(dev->refused_reentrant_accesses(), 0u);
-  EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }), 1);
+  EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }).value(), 1);
 
   // Another thread can take the lock too.
   std::thread other(
       [&] { EXPECT_EQ(io.PioWrite(PioAddress(0x60), good), IoStatus::kOk); });
   other.join();
-  EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }), 2);
+  EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }).value(), 2);
 
   // The manager is unchanged and usable: the read-side section was left
   // (Synchronize would be refused inside one).
@@ -394,7 +400,7 @@ TEST(LockedDevice, ThrowingHandlerReleasesTheLockAndReachesTheCaller) {
   // Called directly, the exception comes straight through as well.
   const DevicePio& direct = *dev;
   EXPECT_THROW(direct.PioWrite(PioAddress(0x60), 0, bad), std::runtime_error);
-  EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }), 3);
+  EXPECT_EQ(dev->WithLock([](Thrower& t) { return t.writes; }).value(), 3);
 }
 
 }  // namespace

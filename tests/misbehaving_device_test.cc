@@ -169,7 +169,7 @@ TEST(MisbehavingDevice, ThrowingLockedDeviceReleasesItsLock) {
   std::thread other(
       [&] { EXPECT_EQ(m.PioWrite(PioAddress(0x42), w), IoStatus::kOk); });
   other.join();
-  EXPECT_EQ(dev->WithLock([](ThrowingMut& d) { return d.writes; }), 2);
+  EXPECT_EQ(dev->WithLock([](ThrowingMut& d) { return d.writes; }).value(), 2);
   EXPECT_TRUE(m.Synchronize().ok());
 }
 
@@ -262,15 +262,17 @@ struct SelfCaller : MutDevicePio {
 TEST(MisbehavingDevice, LockedDeviceDispatchingToItselfIsRefusedNotDeadlocked) {
   IoManager m;
   auto dev = MakeLocked<SelfCaller>();
-  dev->WithLock([&](SelfCaller& d) { d.manager = &m; });
+  EXPECT_TRUE(dev->WithLock([&](SelfCaller& d) { d.manager = &m; }).ok());
   ASSERT_TRUE(m.RegisterPio(Pio(0x60, 4), dev).ok());
   const uint8_t w[1] = {0};
   EXPECT_EQ(m.PioWrite(PioAddress(0x60), w), IoStatus::kOk);
   // The nested access reached the adapter (kOk), which refused it: open-bus
   // bytes, counted; the outer access completed.
-  EXPECT_EQ(dev->WithLock([](SelfCaller& d) { return d.nested_status; }),
-            IoStatus::kOk);
-  EXPECT_EQ(dev->WithLock([](SelfCaller& d) { return d.nested_read; }), 0xff);
+  EXPECT_EQ(
+      dev->WithLock([](SelfCaller& d) { return d.nested_status; }).value(),
+      IoStatus::kOk);
+  EXPECT_EQ(dev->WithLock([](SelfCaller& d) { return d.nested_read; }).value(),
+            0xff);
   EXPECT_EQ(dev->refused_reentrant_accesses(), 1u);
   // Unchanged and usable.
   uint8_t r[1] = {0};
@@ -408,10 +410,12 @@ TEST(MisbehavingDevice, SynchronizeInHandlerIsRefusedWithoutWaiting) {
     }
   };
   auto locked = MakeLocked<SyncMut>();
-  locked->WithLock([&](SyncMut& d) {
-    d.m = &m;
-    d.out = &locked_status;
-  });
+  EXPECT_TRUE(locked
+                  ->WithLock([&](SyncMut& d) {
+                    d.m = &m;
+                    d.out = &locked_status;
+                  })
+                  .ok());
   ASSERT_TRUE(m.RegisterPio(Pio(0x92, 2), locked).ok());
   const uint8_t w[1] = {0};
   EXPECT_EQ(m.PioWrite(PioAddress(0x90), w), IoStatus::kOk);

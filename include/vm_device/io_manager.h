@@ -415,7 +415,9 @@ class VM_DEVICE_EXPORT IoManager {
   // returned, and every device and snapshot retired before the call has been
   // released. After it returns, no handler of a range deregistered before the
   // call runs again. kFailedPrecondition (without waiting) when called from a
-  // handler or on the reclaimer thread, where it would wait for itself.
+  // handler or on the reclaimer thread, where it would wait for itself, and
+  // while the thread holds a LockedDevice/ShardedDevice lock (inside
+  // WithLock()), where a vCPU waiting for that lock would never return.
   // Registers the calling thread with liburcu (until it exits) if it is not
   // registered yet, like a dispatch.
   absl::Status Synchronize() const;

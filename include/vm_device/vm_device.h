@@ -34,7 +34,8 @@
 #include "vm_device/io_status.h"      // IWYU pragma: export
 #include "vm_device/locked_device.h"  // IWYU pragma: export
 #include "vm_device/resources.h"      // IWYU pragma: export
+#include "vm_device/sharded_device.h" // IWYU pragma: export
 #include "vm_device/vcpu_thread.h"    // IWYU pragma: export
 #include "vm_device/version.h"        // IWYU pragma: export
 
-#endif  // VM_DEVICE_VM_DEVICE_H_
+#endif // VM_DEVICE_VM_DEVICE_H_
