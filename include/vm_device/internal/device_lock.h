@@ -60,6 +60,7 @@
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
+#include "vm_device/export.h"
 
 namespace vm_device {
 namespace device_lock_internal {
@@ -219,11 +220,13 @@ struct HeldLocks {
   HeldEntry entries[kMaxHeldLocks];
 };
 // Thread-local: read and written only by its own thread. Constant-initialized,
-// so reaching it costs no initialization guard. Known gap: in the CMake
-// shared library (hidden visibility) the application's inline copy and the
-// one libvm_device.so reads in IoManager::Synchronize() are two variables, so
-// there Synchronize() inside WithLock() is not refused.
-ABSL_CONST_INIT inline thread_local HeldLocks tls_held_locks = {};
+// so reaching it costs no initialization guard. Defined once, in the library
+// (src/device_lock.cc), and exported: the application's inline lock code and
+// the library's IoManager::Synchronize() must see the same record, also when
+// the library is a shared object built with hidden visibility (an inline
+// variable would then be one copy in the application and another in
+// libvm_device.so).
+ABSL_CONST_INIT extern VM_DEVICE_EXPORT thread_local HeldLocks tls_held_locks;
 
 // HeldDepth()
 //
