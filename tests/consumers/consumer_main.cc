@@ -103,10 +103,11 @@ int main() {
   if (errors.load(std::memory_order_relaxed) != 0) {
     return Fail("a dispatch returned an error or wrong data");
   }
-  const uint64_t pio_writes =
+  const absl::StatusOr<uint64_t> pio_writes =
       locked->WithLock([](CounterPio& d) { return d.writes; });
+  if (!pio_writes.ok()) return Fail("WithLock refused from the main thread");
   const uint64_t expected = uint64_t{kThreads} * kAccesses;
-  if (pio_writes != expected) return Fail("LockedDevice lost writes");
+  if (*pio_writes != expected) return Fail("LockedDevice lost writes");
   if (shared->writes.load() != expected)
     return Fail("shared device lost writes");
   uint8_t none[1];
