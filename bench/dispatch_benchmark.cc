@@ -823,8 +823,9 @@ std::string DispatchName(absl::string_view engine, absl::string_view workload,
                       "/ranges:", ranges);
 }
 
+// BM_Dispatch/<engine>/uniform and /trace.
 template <typename Engine>
-void RegisterEngine() {
+void RegisterUniformAndTrace() {
   for (int ranges : kRangeCounts) {
     for (int threads : ThreadCounts()) {
       auto* results = new RunResults;
@@ -847,6 +848,11 @@ void RegisterEngine() {
         ->Threads(static_cast<int>(trace_workload->streams.size()))
         ->UseRealTime();
   }
+}
+
+template <typename Engine>
+void RegisterEngine() {
+  RegisterUniformAndTrace<Engine>();
   if constexpr (Engine::kConcurrentChanges) {
     for (int rate : {0, 1000}) {
       for (int ranges : kChurnRangeCounts) {
@@ -937,30 +943,7 @@ const int kShardedThreads[] = {1, 2, 4};
 
 // BM_Dispatch/rcu_locked/{uniform,trace} and BM_Sharded.
 void RegisterMutDevices() {
-  for (int ranges : kRangeCounts) {
-    for (int threads : ThreadCounts()) {
-      auto* results = new RunResults;
-      benchmark::RegisterBenchmark(
-          DispatchName(RcuLockedEngine::kName, "uniform", ranges).c_str(),
-          [ranges, results](benchmark::State& s) {
-            BM_Uniform<RcuLockedEngine>(s, ranges, results);
-          })
-          ->Threads(threads)
-          ->UseRealTime();
-    }
-  }
-  if (trace_workload != nullptr) {
-    auto* results = new RunResults;
-    benchmark::RegisterBenchmark(
-        DispatchName(RcuLockedEngine::kName, "trace",
-                     static_cast<int>(trace_workload->map.size()))
-            .c_str(),
-        [results](benchmark::State& s) {
-          BM_Trace<RcuLockedEngine>(s, results);
-        })
-        ->Threads(static_cast<int>(trace_workload->streams.size()))
-        ->UseRealTime();
-  }
+  RegisterUniformAndTrace<RcuLockedEngine>();
   for (bool same_shard : {false, true}) {
     for (bool sharded : {false, true}) {
       for (int threads : kShardedThreads) {
