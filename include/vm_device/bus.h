@@ -34,6 +34,7 @@
 #ifndef VM_DEVICE_BUS_H_
 #define VM_DEVICE_BUS_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <optional>
 #include <type_traits>
@@ -192,10 +193,16 @@ class Bus {
   // Bus::Reserve()
   //
   // Makes room for `n` ranges so that Register cannot fail for lack of memory
-  // (bad_alloc) until the bus holds more.
+  // (bad_alloc) until the bus holds more. Grows the capacity at least twofold
+  // when it grows it, so that registering ranges one at a time (one Reserve
+  // per range) reallocates and moves the ranges O(log n) times, not n times.
   void Reserve(size_t n) {
-    bases_.reserve(n);
-    slots_.reserve(n);
+    if (n > bases_.capacity()) {
+      bases_.reserve(std::max(n, 2 * bases_.capacity()));
+    }
+    if (n > slots_.capacity()) {
+      slots_.reserve(std::max(n, 2 * slots_.capacity()));
+    }
   }
 
  private:
