@@ -15,6 +15,14 @@
 #     with its min and max over the runs and in how many runs it held.
 # The JSON of each run stays in the directory printed at the start
 # (BENCH_SPREAD_DIR to choose it).
+#
+# BENCH_SPREAD_CPU=<cpu list> runs every process under `taskset -c <list>`.
+# On a VM whose CPUs are not equally fast (tools/vcpu_speed.sh), an unpinned
+# 1-thread cell reads the speed of whichever CPU the scheduler picked, so
+# ratios of two cells of one run can compare two CPUs. Pin to one CPU only
+# with a 1-thread filter: pinned to one CPU, a threads:2 cell time-slices.
+#   BENCH_SPREAD_CPU=1 tools/bench_spread.sh 10 -- \
+#     --benchmark_filter='BM_Dispatch/(rcu|unsynchronized)/.*threads:1$'
 set -euo pipefail
 
 runs=10
@@ -26,12 +34,14 @@ tools/bazel build //bench:dispatch >&2
 bin="$(tools/bazel info bazel-bin 2>/dev/null)/bench/dispatch"
 dir="${BENCH_SPREAD_DIR:-$(mktemp -d /tmp/bench_spread.XXXXXX)}"
 mkdir -p "$dir"
-echo "bench_spread: $runs runs of $bin, JSON in $dir" >&2
+pin=()
+[[ -n "${BENCH_SPREAD_CPU:-}" ]] && pin=(taskset -c "$BENCH_SPREAD_CPU")
+echo "bench_spread: $runs runs of $bin${pin:+ under ${pin[*]}}, JSON in $dir" >&2
 for ((i = 1; i <= runs; i++)); do
   start=$(date +%s)
   # From the workspace root, as `bazel run` would, so the trace data resolves.
-  "$bin" --benchmark_out="$dir/run$i.json" --benchmark_out_format=json "$@" \
-    > "$dir/run$i.txt" 2>&1
+  "${pin[@]}" "$bin" --benchmark_out="$dir/run$i.json" \
+    --benchmark_out_format=json "$@" > "$dir/run$i.txt" 2>&1
   echo "  run $i/$runs: $(($(date +%s) - start)) s" >&2
 done
 
