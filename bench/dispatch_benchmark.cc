@@ -131,6 +131,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -233,16 +234,24 @@ const std::vector<RangeSpec>& CachedMap(int n) {
   return it->second;
 }
 
-const std::vector<Access>& CachedStream(int n, int thread) {
+// The stream `make(n, thread)`, built on first use and kept; one cache per
+// generator.
+const std::vector<Access>& CachedStream(
+    int n, int thread, std::vector<Access> (*make)(int n, int thread)) {
   static absl::Mutex mu;
   static auto* cache =
-      new std::map<std::pair<int, int>, std::unique_ptr<std::vector<Access>>>;
+      new std::map<std::tuple<void*, int, int>,
+                   std::unique_ptr<std::vector<Access>>>;
   absl::MutexLock lock(&mu);
-  auto& slot = (*cache)[{n, thread}];
+  auto& slot = (*cache)[{reinterpret_cast<void*>(make), n, thread}];
   if (slot == nullptr) {
-    slot = std::make_unique<std::vector<Access>>(UniformStream(n, thread));
+    slot = std::make_unique<std::vector<Access>>(make(n, thread));
   }
   return *slot;
+}
+
+const std::vector<Access>& CachedStream(int n, int thread) {
+  return CachedStream(n, thread, UniformStream);
 }
 
 // One engine of each type per range count, never destroyed.
@@ -526,15 +535,7 @@ std::vector<Access> OwnDeviceStream(int n, int thread) {
 }
 
 const std::vector<Access>& CachedOwnDeviceStream(int n, int thread) {
-  static absl::Mutex mu;
-  static auto* cache =
-      new std::map<std::pair<int, int>, std::unique_ptr<std::vector<Access>>>;
-  absl::MutexLock lock(&mu);
-  auto& slot = (*cache)[{n, thread}];
-  if (slot == nullptr) {
-    slot = std::make_unique<std::vector<Access>>(OwnDeviceStream(n, thread));
-  }
-  return *slot;
+  return CachedStream(n, thread, OwnDeviceStream);
 }
 
 template <typename Engine>
@@ -1612,6 +1613,32 @@ void PrintIssue9Targets(const Results& r) {
   }
 }
 
+// A table of rcu_locked's ns per dispatch on `workload`, each cell with its
+// ratio to rcu in the same run.
+void PrintLockedTable(const Results& r, const char* workload,
+                      absl::Span<const int> range_counts,
+                      const std::vector<int>& threads) {
+  std::printf("%-12s", "");
+  for (int t : threads)
+    std::printf("  %16s", absl::StrCat("threads:", t).c_str());
+  std::printf("\n");
+  for (int ranges : range_counts) {
+    std::printf("%-12s", absl::StrCat("ranges:", ranges).c_str());
+    for (int t : threads) {
+      const double v = r.Get("rcu_locked", workload, ranges, t);
+      const double base = r.Get("rcu", workload, ranges, t);
+      if (v < 0) {
+        std::printf("  %16s", "-");
+      } else if (base > 0) {
+        std::printf("  %7.1f (%5.2fx)", v, v / base);
+      } else {
+        std::printf("  %16.1f", v);
+      }
+    }
+    std::printf("\n");
+  }
+}
+
 // The Mut-device part of the summary: rcu_locked against rcu, sharded
 // against one_lock, and the issue's targets.
 void PrintMutSummary(const Results& r) {
@@ -1623,25 +1650,7 @@ void PrintMutSummary(const Results& r) {
     std::printf(
         "\nMut devices: uniform workload, rcu_locked ns per dispatch per "
         "thread (x ratio to rcu)\n");
-    std::printf("%-12s", "");
-    for (int t : threads)
-      std::printf("  %16s", absl::StrCat("threads:", t).c_str());
-    std::printf("\n");
-    for (int ranges : kRangeCounts) {
-      std::printf("%-12s", absl::StrCat("ranges:", ranges).c_str());
-      for (int t : threads) {
-        const double v = r.Get("rcu_locked", "uniform", ranges, t);
-        const double base = r.Get("rcu", "uniform", ranges, t);
-        if (v < 0) {
-          std::printf("  %16s", "-");
-        } else if (base > 0) {
-          std::printf("  %7.1f (%5.2fx)", v, v / base);
-        } else {
-          std::printf("  %16.1f", v);
-        }
-      }
-      std::printf("\n");
-    }
+    PrintLockedTable(r, "uniform", kRangeCounts, threads);
     std::printf(
         "  (uniform: every thread touches every device, so each lock's cache "
         "line moves\n   between cores; the targets below are on own_device)\n");
@@ -1661,25 +1670,7 @@ void PrintMutSummary(const Results& r) {
     std::printf(
         "\nMut devices: own_device workload (each thread its own devices), "
         "rcu_locked ns per\ndispatch per thread (x ratio to rcu)\n");
-    std::printf("%-12s", "");
-    for (int t : own_threads)
-      std::printf("  %16s", absl::StrCat("threads:", t).c_str());
-    std::printf("\n");
-    for (int ranges : kOwnDeviceRangeCounts) {
-      std::printf("%-12s", absl::StrCat("ranges:", ranges).c_str());
-      for (int t : own_threads) {
-        const double v = r.Get("rcu_locked", "own_device", ranges, t);
-        const double base = r.Get("rcu", "own_device", ranges, t);
-        if (v < 0) {
-          std::printf("  %16s", "-");
-        } else if (base > 0) {
-          std::printf("  %7.1f (%5.2fx)", v, v / base);
-        } else {
-          std::printf("  %16.1f", v);
-        }
-      }
-      std::printf("\n");
-    }
+    PrintLockedTable(r, "own_device", kOwnDeviceRangeCounts, own_threads);
     std::printf("\nMut-device targets (ratios within this run):\n");
     double worst = 0;
     std::string worst_where;
