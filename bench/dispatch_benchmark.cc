@@ -114,7 +114,12 @@
 //
 // Defaults: --benchmark_min_time=0.05 (any flag given overrides it), every
 // benchmark; about a minute on 2 cores. The run ends with a summary.
+// --pin_threads=true|false (default true): benchmark thread i runs its timed
+// loop pinned to the (i mod n)-th CPU of the process's CPU set, so the cells
+// of a ratio run on the same CPUs (see ScopedCpuPin); false leaves placement
+// to the scheduler.
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -389,11 +394,52 @@ class RunResults {
   std::vector<float> samples_ ABSL_GUARDED_BY(mu_);
 };
 
+// ---------------------------------------------------------------------------
+// Benchmark threads on fixed CPUs.
+// ---------------------------------------------------------------------------
+//
+// The two vCPUs of a shared VM are often not equally fast (the host's load on
+// each; README "Steady dispatch"), and the scheduler moves the main thread
+// between them from one benchmark to the next, so the two cells of a ratio
+// (rcu and unsynchronized at 1 thread, say) could run on different vCPUs.
+// With --pin_threads=true (the default) benchmark thread i runs its timed
+// loop pinned to the (i mod n)-th CPU the process may use, so every cell of a
+// run puts thread 0 on the same CPU, and thread i never migrates. The pin is
+// taken just before the timed loop and dropped after it: threads started
+// outside the loops (churn and hotplug writers, the library's reclaimer)
+// inherit the process's whole CPU set, as without pinning.
+
+bool pin_threads = true;
+cpu_set_t process_cpus;  // the CPU set at start-up; read-only after Main()
+std::vector<int> process_cpu_list;
+
+class ScopedCpuPin {
+ public:
+  explicit ScopedCpuPin(int thread_index) {
+    if (!pin_threads || process_cpu_list.empty()) return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(process_cpu_list[static_cast<size_t>(thread_index) %
+                             process_cpu_list.size()],
+            &one);
+    pinned_ = sched_setaffinity(0, sizeof(one), &one) == 0;
+  }
+  ~ScopedCpuPin() {
+    if (pinned_) sched_setaffinity(0, sizeof(process_cpus), &process_cpus);
+  }
+  ScopedCpuPin(const ScopedCpuPin&) = delete;
+  ScopedCpuPin& operator=(const ScopedCpuPin&) = delete;
+
+ private:
+  bool pinned_ = false;
+};
+
 // Runs `state`'s iterations over `stream` (cycled) on `engine` and hands the
 // thread's timings to `results`.
 template <typename Engine>
 void DispatchLoop(benchmark::State& state, const Engine& engine,
                   absl::Span<const Access> stream, RunResults& results) {
+  const ScopedCpuPin pin(state.thread_index());
   std::vector<float> samples;
   samples.reserve(static_cast<size_t>(state.max_iterations / 64 + 2));
   alignas(64) uint8_t buf[64] = {1};
@@ -657,6 +703,7 @@ void BM_Cold(benchmark::State& state, int ranges, RunResults* results) {
   samples.reserve(static_cast<size_t>(state.max_iterations));
   alignas(64) uint8_t buf[64] = {1};
   size_t pos = 0;
+  const ScopedCpuPin pin(state.thread_index());
   for (auto _ : state) {
     benchmark::DoNotOptimize(TouchColdBuffer(cold));
     const Access& a = stream[pos];
@@ -1763,10 +1810,32 @@ std::string FlagValue(int argc, char** argv, absl::string_view name) {
 }
 
 int Main(int argc, char** argv) {
-  // Defaults first, so that the caller's flags override them.
+  // Defaults first, so that the caller's flags override them. --pin_threads
+  // is this binary's own flag, not passed on.
   std::vector<char*> args = {argv[0],
                              const_cast<char*>("--benchmark_min_time=0.05")};
-  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  for (int i = 1; i < argc; ++i) {
+    if (absl::StartsWith(argv[i], "--pin_threads=")) {
+      const absl::string_view v = argv[i] + std::strlen("--pin_threads=");
+      if (v != "true" && v != "false") {
+        std::fprintf(stderr, "--pin_threads: expected true or false, got %s\n",
+                     argv[i]);
+        return 1;
+      }
+      pin_threads = v == "true";
+      continue;
+    }
+    args.push_back(argv[i]);
+  }
+  CPU_ZERO(&process_cpus);
+  if (sched_getaffinity(0, sizeof(process_cpus), &process_cpus) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &process_cpus)) process_cpu_list.push_back(c);
+    }
+  }
+  std::printf("benchmark threads pinned to CPUs (thread i on the i mod n-th "
+              "of %zu): %s\n",
+              process_cpu_list.size(), pin_threads ? "yes" : "no");
   args.push_back(nullptr);
   int n = static_cast<int>(args.size()) - 1;
   const std::string out = FlagValue(argc, argv, "benchmark_out");
