@@ -110,7 +110,9 @@
 //     a device that deregisters itself stays alive until its handlers return.
 //   * calls Synchronize(): refused with kFailedPrecondition, at once. So is
 //     Synchronize() from a device destructor that runs on the library's
-//     reclaimer thread (the usual place); a destructor that runs elsewhere
+//     reclaimer thread (the usual place) or inside another thread's
+//     Synchronize() or ~IoManager (which destroy what is still queued
+//     themselves); a destructor that runs elsewhere
 //     (the caller held the last reference) and outside any handler is an
 //     ordinary caller, and waits.
 //
@@ -134,7 +136,11 @@
 // range was deregistered, so a device is never destroyed while a vCPU is in
 // one of its handlers. Deregistration also hands the caller a `shared_ptr`.
 // Devices are destroyed on the library's reclaimer thread unless the caller
-// holds the last reference. `Synchronize()` waits for all of that.
+// holds the last reference, or unless a thread in `Synchronize()` or
+// `~IoManager` gets to them first: those destroy what is still queued
+// themselves, after a grace period, instead of waking the reclaimer and
+// waiting for it (README.md, "Fuzzer throughput"). `Synchronize()` waits for
+// all of that.
 //
 // Differences from the crate (rust-vmm vm-device 0.1):
 //   * Registration is safe while vCPUs dispatch, with no outer lock.
@@ -267,8 +273,9 @@ class VM_DEVICE_EXPORT IoManager {
   // Waits for a grace period if any change was made, so that every snapshot
   // and device it retired is released before it returns. Must not be called
   // inside a handler. It does not hold the writer mutex while it waits: a
-  // retired device's destructor (run by the reclaimer meanwhile) may still
-  // call stats() or Deregister*() on the manager being destroyed.
+  // retired device's destructor (run by the reclaimer meanwhile, or by this
+  // thread: it destroys what is still queued itself) may still call stats()
+  // or Deregister*() on the manager being destroyed.
   ~IoManager();
 
   IoManager(const IoManager&) = delete;
@@ -414,8 +421,13 @@ class VM_DEVICE_EXPORT IoManager {
   // Waits until every dispatch that was running when it was called has
   // returned, and every device and snapshot retired before the call has been
   // released. After it returns, no handler of a range deregistered before the
-  // call runs again. kFailedPrecondition (without waiting) when called from a
-  // handler or on the reclaimer thread, where it would wait for itself, and
+  // call runs again. What is still queued for the reclaimer it destroys on
+  // the calling thread (device destructors included) rather than wake the
+  // reclaimer thread and wait for it. Cost: two grace periods plus those
+  // destructors. kFailedPrecondition (without waiting) when called from a
+  // handler or where retired objects are being destroyed (the reclaimer
+  // thread, or a device destructor run inside Synchronize() or ~IoManager),
+  // where it would wait for itself, and
   // while the thread holds a LockedDevice/ShardedDevice lock (inside
   // WithLock()), where a vCPU waiting for that lock would never return.
   // Registers the calling thread with liburcu (until it exits) if it is not

@@ -167,15 +167,17 @@ class ReadSection {
 // Whether the calling thread is inside a read-side critical section.
 bool InReadSection();
 
-// Whether the calling thread is the reclaimer thread (where retired objects
-// are destroyed).
+// Whether the calling thread is where retired objects are being destroyed:
+// the reclaimer thread, or a thread inside WaitForRetired() running the
+// destructors of what it took from the queue.
 bool OnReclaimThread();
 
 // Retired
 //
 // Something to destroy after a grace period: every reader that could still
 // see it has left its read-side critical section. Subclass and put the
-// resources in the subclass; its destructor runs on the reclaimer thread.
+// resources in the subclass; its destructor runs on the reclaimer thread, or
+// on a thread in WaitForRetired() (OnReclaimThread() is true on both).
 class Retired {
  public:
   Retired() = default;
@@ -212,7 +214,11 @@ void WaitForReaders();
 
 // WaitForRetired()
 //
-// Returns once everything retired before the call has been destroyed.
+// Returns once everything retired before the call has been destroyed. Waits
+// for a batch the reclaimer (or another caller) is destroying, then takes
+// what is still queued and destroys it on the calling thread after a grace
+// period (synchronize_rcu), in queue order, without waking the reclaimer
+// thread. Blocking: one grace period plus the destructors.
 void WaitForRetired();
 
 }  // namespace internal
