@@ -102,9 +102,10 @@ struct ExitUnregister {
 // pending when the grace period started. Under a storm of changes that bounds
 // grace periods (each a membarrier() that interrupts every CPU running a vCPU
 // thread) to about one per window, instead of one per change as
-// liburcu's call_rcu thread would run them back to back. A waiter in
-// WaitForRetired() cuts the wait short. Retirements are destroyed in the order
-// they were queued.
+// liburcu's call_rcu thread would run them back to back. WaitForRetired()
+// does not wait for the window nor wake the thread: it takes the queue and
+// destroys it itself (Drain()); Push's `urgent` (cut the window short) has
+// no caller left. Retirements are destroyed in the order they were queued.
 //
 // The queue is intrusive (Retired::next_), so Push() never allocates and
 // cannot fail: a writer calls it after its publish. Retire() only takes mu_
