@@ -165,17 +165,11 @@ class Reclaimer {
       std::unique_lock<std::mutex> lock(mu_);
       idle_cv_.wait(lock, [this] { return !busy_; });
       if (head_ == nullptr) return;
-      batch = head_;
-      head_ = tail_ = nullptr;
-      urgent_ = false;
-      busy_ = true;
+      batch = TakeQueueLocked();
     }
-    urcu_memb_synchronize_rcu();
-    GraceAcquire();  // B: matches A in every reader that saw the batch
     tls_draining_ = true;
-    DestroyAll(batch);
+    DestroyAfterGracePeriod(batch);
     tls_draining_ = false;
-    Finished();
   }
 
  private:
@@ -196,16 +190,29 @@ class Reclaimer {
         }
         // A Drain() may have taken the queue, or be destroying it, meanwhile.
         if (head_ == nullptr || busy_) continue;
-        batch = head_;
-        head_ = tail_ = nullptr;
-        urgent_ = false;
-        busy_ = true;
+        batch = TakeQueueLocked();
       }
-      urcu_memb_synchronize_rcu();
-      GraceAcquire();  // B: matches A in every reader that saw the batch
-      DestroyAll(batch);
-      Finished();
+      DestroyAfterGracePeriod(batch);
     }
+  }
+
+  // Takes the whole queue as the next batch and marks a batch in progress.
+  // REQUIRES: mu_ held, !busy_.
+  Retired* TakeQueueLocked() {
+    Retired* const batch = head_;
+    head_ = tail_ = nullptr;
+    urgent_ = false;
+    busy_ = true;
+    return batch;
+  }
+
+  // Waits for a grace period, destroys `batch` in queue order (outside mu_)
+  // and ends the batch (Finished()).
+  void DestroyAfterGracePeriod(Retired* batch) {
+    urcu_memb_synchronize_rcu();
+    GraceAcquire();  // B: matches A in every reader that saw the batch
+    DestroyAll(batch);
+    Finished();
   }
 
   // Destroys a batch, in order, outside mu_.
