@@ -435,8 +435,9 @@ TEST(MisbehavingDevice, SynchronizeInHandlerIsRefusedWithoutWaiting) {
   EXPECT_EQ(m.stats().pio_ranges, 2u);
 }
 
-// A device whose destructor (on the reclaimer thread) calls
-// Synchronize: refused, not a deadlock of the reclaimer thread.
+// A device whose destructor calls Synchronize: refused where retired objects
+// are being destroyed (the reclaimer thread, or a thread inside
+// Synchronize()/~IoManager), not a wait for itself.
 class SyncOnDestroy final : public DevicePio {
  public:
   SyncOnDestroy(const IoManager* m, absl::Status* out) : m_(m), out_(out) {}
@@ -463,6 +464,23 @@ TEST(MisbehavingDevice, SynchronizeInDestructorOnReclaimThreadIsRefused) {
   ASSERT_TRUE(m.Synchronize().ok());
   EXPECT_EQ(in_destructor.code(), absl::StatusCode::kFailedPrecondition)
       << in_destructor;
+}
+
+// The same device, destroyed inside this thread's Synchronize() (which
+// destroys what is still queued itself): refused at once, not a wait for
+// itself.
+TEST(MisbehavingDevice, SynchronizeFromADestructorRunByADrainIsRefused) {
+  IoManager m;
+  for (int i = 0; i < 50; ++i) {
+    absl::Status in_destructor = absl::UnknownError("not destroyed");
+    ASSERT_TRUE(m.RegisterPio(Pio(0xa0, 1), std::make_shared<SyncOnDestroy>(
+                                                 &m, &in_destructor))
+                    .ok());
+    ASSERT_TRUE(m.DeregisterPio(PioAddress(0xa0)).ok());
+    ASSERT_TRUE(m.Synchronize().ok());
+    EXPECT_EQ(in_destructor.code(), absl::StatusCode::kFailedPrecondition)
+        << in_destructor;
+  }
 }
 
 }  // namespace

@@ -160,6 +160,12 @@ target("sharded shards:4, 2 threads / 1 thread (<= 1.2)",
        [ratio(r, ("BM_Sharded", "sharded", "shards:4", 2),
               ("BM_Sharded", "sharded", "shards:4", 1)) for r in per_run],
        lambda x: x <= 1.2)
+print("  informative: the lock-free baseline on the same workload (a 2-thread"
+      " / 1-thread\n  ratio above 1 here is the machine, not the lock):")
+for n in sorted({n for n, _ in own}):
+    target(f"  own_device rcu 2 threads / 1 thread, ranges:{n}",
+           [ratio(r, ("rcu", "own_device", n, 2), ("rcu", "own_device", n, 1))
+            for r in per_run], None)
 print("  informative (devices shared between threads, not a target):")
 for n in (256, 4096):
     target(f"  uniform rcu_locked 2 threads / 1 thread, ranges:{n}",
