@@ -24,6 +24,18 @@
 # with a 1-thread filter: pinned to one CPU, a threads:2 cell time-slices.
 #   BENCH_SPREAD_CPU=1 tools/bench_spread.sh 10 -- \
 #     --benchmark_filter='BM_Dispatch/(rcu|unsynchronized)/.*threads:1$'
+#
+# BENCH_SPREAD_BIN=<path> runs that binary instead of building
+# //bench:dispatch (a machine without Bazel; run from the repository root so
+# the trace data resolves). BENCH_SPREAD_DEADLINE=<s> starts no run that would
+# end past that many seconds from the start, judged by the last run's length
+# (at least one run is made); the spreads and
+# targets then cover the runs made. BENCH_SPREAD_AFTER_RUN=<command> is run
+# after each run (e.g. to save the JSON so far).
+#
+# BENCH_SPREAD_REUSE=1 with BENCH_SPREAD_DIR=<dir> runs nothing: it analyses
+# the run<i>.json already in <dir> (e.g. runs made on another machine), N
+# being how many there are.
 set -euo pipefail
 
 runs=10
@@ -31,20 +43,46 @@ if [[ $# -gt 0 && "$1" != "--" ]]; then runs="$1"; shift; fi
 [[ $# -gt 0 && "$1" == "--" ]] && shift
 cd "$(dirname "$0")/.."
 
-tools/bazel build //bench:dispatch >&2
-bin="$(tools/bazel info bazel-bin 2>/dev/null)/bench/dispatch"
-dir="${BENCH_SPREAD_DIR:-$(mktemp -d /tmp/bench_spread.XXXXXX)}"
-mkdir -p "$dir"
-pin=()
-[[ -n "${BENCH_SPREAD_CPU:-}" ]] && pin=(taskset -c "$BENCH_SPREAD_CPU")
-echo "bench_spread: $runs runs of $bin${pin:+ under ${pin[*]}}, JSON in $dir" >&2
-for ((i = 1; i <= runs; i++)); do
-  start=$(date +%s)
-  # From the workspace root, as `bazel run` would, so the trace data resolves.
-  "${pin[@]}" "$bin" --benchmark_out="$dir/run$i.json" \
-    --benchmark_out_format=json "$@" > "$dir/run$i.txt" 2>&1
-  echo "  run $i/$runs: $(($(date +%s) - start)) s" >&2
-done
+if [[ -n "${BENCH_SPREAD_REUSE:-}" ]]; then
+  dir="${BENCH_SPREAD_DIR:?BENCH_SPREAD_REUSE needs BENCH_SPREAD_DIR}"
+  runs=0
+  while [[ -f "$dir/run$((runs + 1)).json" ]]; do runs=$((runs + 1)); done
+  [[ $runs -gt 0 ]] || { echo "no run1.json in $dir" >&2; exit 2; }
+  echo "bench_spread: analysing $runs runs in $dir" >&2
+elif [[ -n "${BENCH_SPREAD_BIN:-}" ]]; then
+  bin="$BENCH_SPREAD_BIN"
+else
+  tools/bazel build //bench:dispatch >&2
+  bin="$(tools/bazel info bazel-bin 2>/dev/null)/bench/dispatch"
+fi
+if [[ -z "${BENCH_SPREAD_REUSE:-}" ]]; then
+  dir="${BENCH_SPREAD_DIR:-$(mktemp -d /tmp/bench_spread.XXXXXX)}"
+  mkdir -p "$dir"
+  pin=()
+  [[ -n "${BENCH_SPREAD_CPU:-}" ]] && pin=(taskset -c "$BENCH_SPREAD_CPU")
+  echo "bench_spread: $runs runs of $bin${pin:+ under ${pin[*]}}, JSON in $dir" >&2
+  t0=$(date +%s)
+  made=0
+  last=0
+  for ((i = 1; i <= runs; i++)); do
+    start=$(date +%s)
+    if [[ $i -gt 1 && -n "${BENCH_SPREAD_DEADLINE:-}" &&
+          $((start - t0 + last)) -gt "$BENCH_SPREAD_DEADLINE" ]]; then
+      echo "  deadline of ${BENCH_SPREAD_DEADLINE} s reached after $made runs" >&2
+      break
+    fi
+    # From the workspace root, as `bazel run` would, so the trace data resolves.
+    "${pin[@]}" "$bin" --benchmark_out="$dir/run$i.json" \
+      --benchmark_out_format=json "$@" > "$dir/run$i.txt" 2>&1
+    made=$i
+    echo "  run $i/$runs: $(($(date +%s) - start)) s" >&2
+    last=$(($(date +%s) - start))
+    if [[ -n "${BENCH_SPREAD_AFTER_RUN:-}" ]]; then
+      bash -c "$BENCH_SPREAD_AFTER_RUN"
+    fi
+  done
+  runs=$made
+fi
 
 python3 - "$dir" "$runs" <<'PY'
 import json, re, sys, collections
@@ -184,4 +222,29 @@ for n in (4096, 65536):
            "does not matter)",
            [ratio(r, ("rcu", "edge", n, 1), ("rcu", "uniform", n, 1))
             for r in per_run], lambda x: x <= 1.3)
+
+def median(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+print(f"\nMedian over {runs} runs, ns per dispatch per thread (median of the "
+      "within-run ratio to\nunsynchronized; for own_device rcu_locked, to rcu)")
+for w, base in (("uniform", "unsynchronized"), ("own_device", "rcu")):
+    keys = {k for r in per_run for k in r if k[0] != "BM_Sharded" and k[1] == w}
+    threads = sorted({k[3] for k in keys})
+    for n in sorted({k[2] for k in keys}):
+        print(f"{w} ranges:{n:<6d}" + "".join(f"{'threads:' + str(t):>17s}"
+                                              for t in threads))
+        order = ["unsynchronized", "rcu", "rwlock_map", "mutex_map", "rcu_locked"]
+        for e in [e for e in order if any(k[0] == e and k[2] == n for k in keys)]:
+            row = f"  {e:<20s}"
+            for t in threads:
+                k = (e, w, n, t)
+                v = [r[k] for r in per_run if k in r]
+                q = [ratio(r, k, (base, w, n, t)) for r in per_run]
+                q = [x for x in q if x is not None]
+                row += (f"{median(v):8.1f} ({median(q):5.2f}x)" if v and q
+                        else f"{median(v):8.1f}         " if v else " " * 17)
+            print(row)
 PY
