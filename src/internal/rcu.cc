@@ -104,8 +104,8 @@ struct ExitUnregister {
 // thread) to about one per window, instead of one per change as
 // liburcu's call_rcu thread would run them back to back. WaitForRetired()
 // does not wait for the window nor wake the thread: it takes the queue and
-// destroys it itself (Drain()); Push's `urgent` (cut the window short) has
-// no caller left. Retirements are destroyed in the order they were queued.
+// destroys it itself (Drain()). Retirements are destroyed in the order they
+// were queued.
 //
 // The queue is intrusive (Retired::next_), so Push() never allocates and
 // cannot fail: a writer calls it after its publish. Retire() only takes mu_
@@ -122,23 +122,22 @@ class Reclaimer {
     return *reclaimer;
   }
 
-  void Push(std::unique_ptr<Retired> r, bool urgent) noexcept {
+  void Push(std::unique_ptr<Retired> r) noexcept {
     bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
       Retired* const p = r.release();
       p->next_ = nullptr;
-      // The reclaimer waits for a non-empty queue, then (within the window)
-      // for an urgent push: only those two need to wake it. Under a storm of
-      // changes this keeps futex wake-ups to about one per window.
-      wake = tail_ == nullptr || (urgent && !urgent_);
+      // The reclaimer waits for a non-empty queue, then sleeps out the
+      // window: only a push onto an empty queue needs to wake it. Under a
+      // storm of changes this keeps futex wake-ups to about one per window.
+      wake = tail_ == nullptr;
       if (tail_ == nullptr) {
         head_ = p;
       } else {
         tail_->next_ = p;
       }
       tail_ = p;
-      urgent_ = urgent_ || urgent;
     }
     if (wake) cv_.notify_one();
   }
@@ -186,7 +185,12 @@ class Reclaimer {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [this] { return head_ != nullptr && !busy_; });
         if (window_.count() > 0) {
-          cv_.wait_for(lock, window_, [this] { return urgent_; });
+          // The whole window: nothing cuts it short (a wake-up before it ends
+          // is spurious or a Finished() of a Drain, and a Drain may take the
+          // queue meanwhile, which the check below sees).
+          const auto end = std::chrono::steady_clock::now() + window_;
+          while (cv_.wait_until(lock, end) == std::cv_status::no_timeout) {
+          }
         }
         // A Drain() may have taken the queue, or be destroying it, meanwhile.
         if (head_ == nullptr || busy_) continue;
@@ -201,7 +205,6 @@ class Reclaimer {
   Retired* TakeQueueLocked() {
     Retired* const batch = head_;
     head_ = tail_ = nullptr;
-    urgent_ = false;
     busy_ = true;
     return batch;
   }
@@ -252,7 +255,6 @@ class Reclaimer {
   std::condition_variable cv_;
   Retired* head_ = nullptr;  // guarded by mu_; oldest first
   Retired* tail_ = nullptr;  // guarded by mu_
-  bool urgent_ = false;      // guarded by mu_
   bool busy_ = false;        // guarded by mu_: a batch is being destroyed
   std::condition_variable idle_cv_;  // busy_ became false
   std::thread::id thread_id_;
@@ -300,7 +302,7 @@ bool OnReclaimThread() { return Reclaimer::Get().OnThread(); }
 void StartReclaimer() { Reclaimer::Get(); }
 
 void Retire(std::unique_ptr<Retired> r) noexcept {
-  Reclaimer::Get().Push(std::move(r), /*urgent=*/false);
+  Reclaimer::Get().Push(std::move(r));
 }
 
 void WaitForReaders() {
