@@ -23,7 +23,7 @@ absl_libs=$(sed -n '/name = "abseil"/,/^)/p' "$root/third_party/BUILD.bazel" |
             grep -o '"-l[^"]*"' | tr -d '"' | tr '\n' ' ')
 
 echo "building the fuzzer in $work"
-"$cxx" -std=c++20 -O1 -g -fno-omit-frame-pointer \
+"$cxx" -std=c++20 -O2 -g -fno-omit-frame-pointer -fno-optimize-sibling-calls \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I "$root/include" -I "$root" \
   "$root"/src/*.cc "$root"/src/internal/*.cc \
