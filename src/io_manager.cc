@@ -344,12 +344,35 @@ bool Visit(const Table& table, A addr, F f) {
   return true;
 }
 
+template <typename Table, typename F>
+size_t VisitAll(const Table& table, F f) {
+  for (size_t i = 0; i < table.size(); ++i) {
+    f(table.RangeAt(i), internal::Untagged(table.slots[i].device));
+  }
+  return table.size();
+}
+
 }  // namespace
+
+size_t IoManager::VisitPioRanges(
+    absl::FunctionRef<void(const PioRange&, const DevicePio&)> f) const {
+  internal::ReadSection read_side;
+  // acquire: pairs with the release store in CommitLocked() (A.2).
+  return VisitAll(table_.load(std::memory_order_acquire)->pio(), f);
+}
+
+size_t IoManager::VisitMmioRanges(
+    absl::FunctionRef<void(const MmioRange&, const DeviceMmio&)> f) const {
+  internal::ReadSection read_side;
+  // acquire: pairs with the release store in CommitLocked() (A.2).
+  return VisitAll(table_.load(std::memory_order_acquire)->mmio(), f);
+}
 
 bool IoManager::VisitPioDevice(
     PioAddress addr,
     absl::FunctionRef<void(const PioRange&, const DevicePio&)> f) const {
   internal::ReadSection read_side;
+  // acquire: pairs with the release store in CommitLocked() (A.2).
   return Visit(table_.load(std::memory_order_acquire)->pio(), addr, f);
 }
 
@@ -357,6 +380,7 @@ bool IoManager::VisitMmioDevice(
     MmioAddress addr,
     absl::FunctionRef<void(const MmioRange&, const DeviceMmio&)> f) const {
   internal::ReadSection read_side;
+  // acquire: pairs with the release store in CommitLocked() (A.2).
   return Visit(table_.load(std::memory_order_acquire)->mmio(), addr, f);
 }
 

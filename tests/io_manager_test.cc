@@ -845,6 +845,49 @@ TEST(IoManager, VisitCallsBackOnlyOnAHit) {
   EXPECT_EQ(calls, 2);
 }
 
+TEST(IoManager, VisitRangesWalksEveryRangeInAddressOrder) {
+  IoManager io;
+  EXPECT_EQ(io.VisitPioRanges([](const PioRange&, const DevicePio&) {
+    ADD_FAILURE() << "an empty bus has no range";
+  }), 0u);
+  auto a = std::make_shared<Recorder>();
+  auto b = std::make_shared<Recorder>();
+  // Registered out of order; visited in address order.
+  ASSERT_TRUE(io.RegisterPio(Pio(0x70, 2), b).ok());
+  ASSERT_TRUE(io.RegisterPio(Pio(0x60, 4), a).ok());
+  ASSERT_TRUE(io.RegisterMmio(Mmio(0x2000, 0x10), a).ok());
+  ASSERT_TRUE(io.RegisterMmio(Mmio(0x1000, 0x10), b).ok());
+  ASSERT_TRUE(io.RegisterMmio(Mmio(0x3000, 0x1), b).ok());
+
+  std::vector<std::pair<uint64_t, uint64_t>> pio;
+  std::vector<const DevicePio*> pio_devices;
+  EXPECT_EQ(io.VisitPioRanges([&](const PioRange& r, const DevicePio& d) {
+    pio.emplace_back(r.base().value(), r.size());
+    pio_devices.push_back(&d);
+  }), 2u);
+  EXPECT_EQ(pio, (std::vector<std::pair<uint64_t, uint64_t>>{{0x60, 4},
+                                                             {0x70, 2}}));
+  EXPECT_EQ(pio_devices, (std::vector<const DevicePio*>{a.get(), b.get()}));
+
+  std::vector<uint64_t> mmio;
+  std::vector<const DeviceMmio*> mmio_devices;
+  EXPECT_EQ(io.VisitMmioRanges([&](const MmioRange& r, const DeviceMmio& d) {
+    mmio.push_back(r.base().value());
+    mmio_devices.push_back(&d);
+  }), 3u);
+  EXPECT_EQ(mmio, (std::vector<uint64_t>{0x1000, 0x2000, 0x3000}));
+  EXPECT_EQ(mmio_devices,
+            (std::vector<const DeviceMmio*>{b.get(), a.get(), b.get()}));
+
+  // A deregistered range is gone from the next visit.
+  ASSERT_TRUE(io.DeregisterMmio(MmioAddress(0x2000)).ok());
+  mmio.clear();
+  EXPECT_EQ(io.VisitMmioRanges([&](const MmioRange& r, const DeviceMmio&) {
+    mmio.push_back(r.base().value());
+  }), 2u);
+  EXPECT_EQ(mmio, (std::vector<uint64_t>{0x1000, 0x3000}));
+}
+
 // -----------------------------------------------------------------------------
 // Handlers that call back into the manager
 // -----------------------------------------------------------------------------

@@ -46,7 +46,7 @@
 //
 // vCPU threads
 // ------------
-// Every thread that dispatches, visits (Visit*Device) or calls Synchronize()
+// Every thread that dispatches, visits (Visit*) or calls Synchronize()
 // is registered with liburcu on its first such call, and unregistered when it
 // exits: by a pthread key destructor, which glibc runs after all of the
 // thread's C++ thread_local destructors, so per-thread objects whose
@@ -63,6 +63,7 @@
 //
 // Progress:
 //   Pio/MmioRead/Write, Visit*Device  wait-free (plus the handler's own cost)
+//   Visit*Ranges                      wait-free, O(ranges) (plus `f`'s cost)
 //   Register*/Deregister*/Move*/Commit blocking: writer mutex; never waits
 //                                     for a grace period; time below
 //   Pio/MmioDevice, stats             blocking: writer mutex
@@ -316,6 +317,23 @@ class VM_DEVICE_EXPORT IoManager {
       absl::FunctionRef<void(const PioRange&, const DevicePio&)> f) const;
   bool VisitMmioDevice(
       MmioAddress addr,
+      absl::FunctionRef<void(const MmioRange&, const DeviceMmio&)> f) const;
+
+  // IoManager::VisitPioRanges(), VisitMmioRanges()
+  //
+  // Calls `f(range, device)` for every range of the bus in address order, all
+  // from one published snapshot, inside one read-side critical section (the
+  // devices stay alive during the call; do not keep the references), and
+  // returns how many ranges it visited. The device map a VMM prints for
+  // debugging (QEMU's `info mtree`), from any thread, while writers change
+  // it: a writer that publishes meanwhile is not waited for and does not
+  // show. Wait-free and allocation-free apart from `f`; may be called from a
+  // handler. `f` must not call Synchronize() (nor anything that waits for a
+  // grace period), and should be short: retired memory is freed only after
+  // the visit ends.
+  size_t VisitPioRanges(
+      absl::FunctionRef<void(const PioRange&, const DevicePio&)> f) const;
+  size_t VisitMmioRanges(
       absl::FunctionRef<void(const MmioRange&, const DeviceMmio&)> f) const;
 
   // IoManager::PioDevice(), MmioDevice()

@@ -833,10 +833,38 @@ class Run {
   // wait-free and takes no reference). With `master_copy` (at the end of each
   // input): also the writer's master copy (Pio/MmioDevice), so the two may
   // not drift apart unnoticed either.
+  // Walks a bus's snapshot with `visit` (Visit*Ranges) and checks it range
+  // by range against `model` (base -> {last, device}).
+  template <typename Model, typename Visit>
+  void CheckWalk(const Model& model, const char* bus, Visit visit) {
+    auto it = model.begin();
+    bool same = true;
+    const size_t n = visit([&](const auto& range, const auto& device) {
+      if (it == model.end() || range.base().value() != it->first ||
+          range.last().value() != it->second.last ||
+          IndexOf(&device) != it->second.device) {
+        same = false;
+        return;
+      }
+      ++it;
+    });
+    FUZZ_CHECK(same && it == model.end() && n == model.size(),
+               std::string(bus) + " snapshot walk differs from the model");
+  }
+
   void CheckState(bool master_copy = false) {
     const IoManagerStats st = manager_->stats();
     FUZZ_CHECK(st.pio_ranges == model_.pio.ranges.size(), "PIO range count");
     FUZZ_CHECK(st.mmio_ranges == model_.mmio.ranges.size(), "MMIO range count");
+    // The published snapshot, whole and in order, equals the model: no range
+    // missing, none extra (the lookups below find each model range, but not
+    // a stale one left between them).
+    CheckWalk(model_.pio.ranges, "PIO", [&](auto f) {
+      return manager_->VisitPioRanges(f);
+    });
+    CheckWalk(model_.mmio.ranges, "MMIO", [&](auto f) {
+      return manager_->VisitMmioRanges(f);
+    });
     uint64_t got_base = 0, got_last = 0;
     int got_dev = -1;
     auto seen = [&](const auto& range, const auto& device) {
