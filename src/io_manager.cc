@@ -279,7 +279,9 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline IoStatus Dispatch(
   // relaxed: a setting, read without ordering; either value routes the same.
   if (ABSL_PREDICT_TRUE(hints.load(std::memory_order_relaxed))) {
     ThreadHints& mine = tls_hints;
-    if (ABSL_PREDICT_FALSE(mine.owner != self)) mine = ThreadHints{self};
+    if (ABSL_PREDICT_FALSE(mine.owner != self)) {
+      mine = ThreadHints{self, {}, {}};
+    }
     bool from_hint;
     s = table.FindHinted(addr, data.size(), &(mine.*kHint), &base, &device,
                          &from_hint);
