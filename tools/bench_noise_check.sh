@@ -4,8 +4,7 @@
 # cells the CPU that thread 0 lands on, or the length of the timed window?
 # Runs the issue-9 cells (rcu and unsynchronized, uniform, 1 and 2 threads)
 # in ROUNDS rounds of three interleaved fresh processes:
-#   A  the default: all CPUs, benchmark thread 0 pinned to the first (CPU 0,
-#      which takes most of a VM's timer and function-call interrupts);
+#   A  the default: all CPUs, benchmark thread 0 pinned to the first (CPU 0);
 #   B  under `taskset -c CPUS` (default 8-15), away from CPU 0;
 #   C  as B with --benchmark_min_time=0.2 (windows 4x the default 0.05 s).
 # Then prints, per variant, how many cells moved by more than 1.3x over the
