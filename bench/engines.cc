@@ -437,5 +437,98 @@ size_t UnsynchronizedEngine::CountHintHits(
   return hits;
 }
 
+// -----------------------------------------------------------------------------
+// DirectIndexEngine
+// -----------------------------------------------------------------------------
+
+absl::Status DirectIndexEngine::Add(const RangeSpec& r) {
+  const auto refuse = [&r](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "direct_index takes evenly spaced MMIO ranges only: base 0x%x size "
+        "0x%x %s",
+        r.base, r.size, why));
+  };
+  if (r.bus != BusKind::kMmio) return refuse("is not MMIO");
+  if (r.device == nullptr) return absl::InvalidArgumentError("null device");
+  if (r.size == 0 || r.size - 1 > MmioAddress::kMax - r.base) {
+    return refuse("is not a valid range");
+  }
+  const size_t n = devices_.size();
+  if (n == 0) {
+    first_ = r.base;
+    size_ = r.size;
+  } else if (r.size != size_) {
+    return refuse("differs in size from the first range");
+  } else if (n == 1) {
+    const uint64_t stride = r.base - first_;
+    if (r.base <= first_ || stride < size_ || (stride & (stride - 1)) != 0) {
+      return refuse("is not a power-of-two stride above the first range");
+    }
+    shift_ = static_cast<unsigned>(__builtin_ctzll(stride));
+  } else if (r.base - first_ != (uint64_t{n} << shift_) ||
+             r.base < first_) {
+    return refuse("is not the next range of the sequence");
+  }
+  devices_.push_back(r.device.get());
+  owners_.push_back(r.device);
+  return absl::OkStatus();
+}
+
+absl::Status DirectIndexEngine::Remove(BusKind, uint64_t) {
+  return absl::UnimplementedError("direct_index cannot remove ranges");
+}
+
+absl::Status DirectIndexEngine::AddAll(absl::Span<const RangeSpec> ranges) {
+  for (const RangeSpec& r : ranges) {
+    if (absl::Status s = Add(r); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+IoStatus DirectIndexEngine::Locate(uint64_t addr, size_t len,
+                                   size_t* index) const {
+  MmioAddress::Value last;
+  const IoStatus shape = range_search_internal::CheckAccessShape(
+      MmioAddress(addr), len, &last);
+  if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
+  // Below the first base, the difference wraps to a huge index.
+  const uint64_t off = addr - first_;
+  const uint64_t i = shift_ == 0 ? (off < size_ ? 0 : devices_.size())
+                                 : off >> shift_;
+  const uint64_t in = off - (i << shift_);
+  if (ABSL_PREDICT_FALSE(i >= devices_.size() || in > size_ - 1 ||
+                         last - addr > size_ - 1 - in)) {
+    return IoStatus::kDeviceNotFound;
+  }
+  *index = static_cast<size_t>(i);
+  return IoStatus::kOk;
+}
+
+IoStatus DirectIndexEngine::Read(BusKind bus, uint64_t addr,
+                                 absl::Span<uint8_t> data) const {
+  size_t i;
+  if (ABSL_PREDICT_FALSE(bus != BusKind::kMmio)) {
+    return IoStatus::kDeviceNotFound;
+  }
+  const IoStatus s = Locate(addr, data.size(), &i);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  const uint64_t base = first_ + (uint64_t{i} << shift_);
+  devices_[i]->MmioRead(MmioAddress(base), addr - base, data);
+  return IoStatus::kOk;
+}
+
+IoStatus DirectIndexEngine::Write(BusKind bus, uint64_t addr,
+                                  absl::Span<const uint8_t> data) const {
+  size_t i;
+  if (ABSL_PREDICT_FALSE(bus != BusKind::kMmio)) {
+    return IoStatus::kDeviceNotFound;
+  }
+  const IoStatus s = Locate(addr, data.size(), &i);
+  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
+  const uint64_t base = first_ + (uint64_t{i} << shift_);
+  devices_[i]->MmioWrite(MmioAddress(base), addr - base, data);
+  return IoStatus::kOk;
+}
+
 }  // namespace bench
 }  // namespace vm_device

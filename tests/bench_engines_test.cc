@@ -3,6 +3,7 @@
 // way IoManager does: same status, same device, same range base and offset.
 // Each engine is checked against a brute-force model of the routing rules.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -282,6 +283,68 @@ TEST(BenchEngines, RcuLockedRoutesLikeRcuWithALockPerRange) {
   auto d2 = locked.manager().PioDevice(PioAddress(0xcfc));
   ASSERT_TRUE(d1.has_value() && d2.has_value());
   EXPECT_NE(d1->second.get(), d2->second.get());
+}
+
+// direct_index (the floor of any lookup) takes evenly spaced MMIO ranges
+// only, and on those routes like the model: edges, gaps, accesses that run
+// past a range, below the first and above the last range.
+TEST(BenchEngines, DirectIndexRoutesEvenlySpacedRangesLikeTheModel) {
+  for (uint64_t size : {uint64_t{1}, uint64_t{0x1000}, uint64_t{0x2000}}) {
+    std::vector<RangeSpec> map;
+    for (int i = 0; i < 64; ++i) {
+      map.push_back({BusKind::kMmio, 0xc0000000 + uint64_t(i) * 0x2000, size,
+                     std::make_shared<SinkDevice>(static_cast<uint8_t>(i))});
+    }
+    DirectIndexEngine engine;
+    ASSERT_TRUE(engine.AddAll(map).ok());
+    std::vector<Access> probes = Probes(map);
+    probes.erase(std::remove_if(probes.begin(), probes.end(),
+                                [](const Access& a) {
+                                  return a.bus != BusKind::kMmio;
+                                }),
+                 probes.end());
+    const Tally t = CheckRouting(engine, map, probes);
+    EXPECT_GT(t.ok, 100) << size;
+    EXPECT_GT(t.not_found, 100) << size;
+    EXPECT_GT(t.invalid, 10) << size;
+  }
+  // One range: no stride yet.
+  DirectIndexEngine one;
+  const std::vector<RangeSpec> single = {
+      {BusKind::kMmio, 0x1000, 0x100, std::make_shared<SinkDevice>(1)}};
+  ASSERT_TRUE(one.AddAll(single).ok());
+  const Tally t = CheckRouting(one, single, Probes(single));
+  EXPECT_GT(t.ok, 10);
+  EXPECT_GT(t.not_found, 10);
+}
+
+TEST(BenchEngines, DirectIndexRefusesMapsItCannotIndex) {
+  auto dev = std::make_shared<SinkDevice>(1);
+  const RangeSpec first = {BusKind::kMmio, 0x10000, 0x1000, dev};
+  const std::vector<std::vector<RangeSpec>> bad = {
+      {{BusKind::kPio, 0x3f8, 8, dev}},                          // PIO
+      {first, {BusKind::kMmio, 0x13000, 0x1000, dev}},           // stride 0x3000
+      {first, {BusKind::kMmio, 0x10800, 0x1000, dev}},           // overlaps
+      {first, {BusKind::kMmio, 0x8000, 0x1000, dev}},            // below
+      {first, {BusKind::kMmio, 0x12000, 0x800, dev}},            // other size
+      {first,
+       {BusKind::kMmio, 0x12000, 0x1000, dev},
+       {BusKind::kMmio, 0x16000, 0x1000, dev}},                  // skips one
+      {{BusKind::kMmio, 0x1000, 0, dev}},                        // empty
+      {{BusKind::kMmio, 0xfffffffffffff000, 0x2000, dev}},      // wraps
+  };
+  for (const auto& map : bad) {
+    DirectIndexEngine engine;
+    const absl::Status s = engine.AddAll(map);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("base 0x"), absl::string_view::npos) << s;
+  }
+  DirectIndexEngine engine;
+  ASSERT_TRUE(engine.Add(first).ok());
+  EXPECT_EQ(engine.Remove(BusKind::kMmio, 0x10000).code(),
+            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(engine.Add({BusKind::kMmio, 0x12000, 0x1000, nullptr}).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

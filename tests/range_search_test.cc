@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <string>
@@ -34,6 +35,7 @@ using range_search_internal::FillBTree;
 using range_search_internal::FindFloor;
 using range_search_internal::ForEachEytzingerSlot;
 using range_search_internal::kKeysPerNode;
+using range_search_internal::LeafPrefetch;
 
 TEST(RangeSearch, EytzingerLevelsCountsCompleteLevels) {
   EXPECT_EQ(EytzingerLevels(0), 0u);
@@ -402,6 +404,56 @@ TEST(RangeSearch, NoSearchTouchesOrPrefetchesOutsideItsArray) {
     BTreeFloor<uint16_t, CheckingProbe>(nodes.data(), shape, 0xffff);
     EXPECT_EQ(scope.bounds().outside, std::vector<std::string>{})
         << "btree pio, n=" << n;
+  }
+}
+
+// The leaf hook sees the leaf that holds the answer, once per search.
+TEST(RangeSearch, BTreeCallsTheLeafHookOnceWithTheFloorsLeaf) {
+  for (size_t n : {0u, 1u, 7u, 8u, 9u, 72u, 73u, 1000u, 4096u, 65536u}) {
+    const Tables t(n);
+    for (uint64_t x : t.probes) {
+      std::vector<size_t> leaves;
+      const size_t floor = BTreeFloor<uint64_t>(
+          t.nodes.data(), t.shape, x,
+          [&leaves](size_t k) { leaves.push_back(k); });
+      if (n == 0) {
+        EXPECT_EQ(leaves.size(), 0u);
+        continue;
+      }
+      ASSERT_EQ(leaves.size(), 1u) << "n=" << n << " x=" << x;
+      const size_t want = floor == n ? 0 : floor / kKeysPerNode<uint64_t>;
+      EXPECT_EQ(leaves[0], want) << "n=" << n << " x=" << x;
+    }
+  }
+}
+
+// LeafPrefetch prefetches the leaf's entries, never past the last one, and
+// only for MMIO keys on arrays of at least kMinBytes.
+TEST(RangeSearch, LeafPrefetchStaysInsideTheEntries) {
+  struct Entry {
+    uint64_t last;
+    const void* device;
+  };
+  static_assert(sizeof(Entry) == 16);
+  constexpr size_t kMin = LeafPrefetch<uint64_t, Entry>::kMinBytes;
+  for (size_t n : std::initializer_list<size_t>{1, 8, 9, 100, kMin / 16 - 1, kMin / 16, kMin / 16 + 1,
+                   kMin / 16 + 7, 4096, 65535, 65536}) {
+    std::vector<Entry> entries(n);
+    const size_t leaves = (n + 7) / 8;
+    ScopedBounds scope(entries.data(), entries.size());
+    for (size_t k = 0; k < leaves; ++k) {
+      LeafPrefetch<uint64_t, Entry, CheckingProbe>{entries.data(), n}(k);
+    }
+    EXPECT_EQ(scope.bounds().outside, std::vector<std::string>{}) << n;
+    EXPECT_EQ(scope.bounds().accesses,
+              n * sizeof(Entry) >= kMin ? static_cast<int>(2 * leaves) : 0)
+        << n;
+    // PIO: 32 keys a leaf, 512 bytes of entries: no prefetch.
+    ScopedBounds pio(entries.data(), entries.size());
+    for (size_t k = 0; k < (n + 31) / 32; ++k) {
+      LeafPrefetch<uint16_t, Entry, CheckingProbe>{entries.data(), n}(k);
+    }
+    EXPECT_EQ(pio.bounds().accesses, 0) << n;
   }
 }
 

@@ -161,6 +161,13 @@ for w in ("uniform", "cold"):
             target(f"{w:7s} rcu {big} / 16 ranges, threads:{t} (<= {limit})",
                    [ratio(r, ("rcu", w, big, t), ("rcu", w, 16, t))
                     for r in per_run], lambda x, l=limit: x <= l)
+        # The same ratio with no search at all (bench/engines.h,
+        # DirectIndexEngine): if it is above the limit, no lookup can meet it.
+        for t in (1, 2):
+            target(f"{w:7s}   floor, no search: direct_index {big} / rcu 16,"
+                   f" threads:{t}",
+                   [ratio(r, ("direct_index", w, big, t), ("rcu", w, 16, t))
+                    for r in per_run], None)
 for e in ("rcu", "unsynchronized"):
     vals = []
     for r in per_run:
@@ -236,7 +243,8 @@ for w, base in (("uniform", "unsynchronized"), ("own_device", "rcu")):
     for n in sorted({k[2] for k in keys}):
         print(f"{w} ranges:{n:<6d}" + "".join(f"{'threads:' + str(t):>17s}"
                                               for t in threads))
-        order = ["unsynchronized", "rcu", "rwlock_map", "mutex_map", "rcu_locked"]
+        order = ["direct_index", "unsynchronized", "rcu", "rwlock_map",
+                 "mutex_map", "rcu_locked"]
         for e in [e for e in order if any(k[0] == e and k[2] == n for k in keys)]:
             row = f"  {e:<20s}"
             for t in threads:

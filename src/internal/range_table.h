@@ -125,7 +125,7 @@ struct BusTable {
   // The index of the range that holds `addr`, or size() when none does.
   ABSL_ATTRIBUTE_ALWAYS_INLINE size_t Locate(A addr) const {
     const size_t i =
-        range_search_internal::BTreeFloor(nodes, shape, addr.value());
+        Search(addr.value());
     return (i != shape.n && addr.value() <= slots[i].last) ? i : shape.n;
   }
 
@@ -149,7 +149,7 @@ struct BusTable {
         range_search_internal::CheckAccessShape(addr, len, &access_last);
     if (ABSL_PREDICT_FALSE(shape_ok != IoStatus::kOk)) return shape_ok;
     const size_t i =
-        range_search_internal::BTreeFloor(nodes, shape, addr.value());
+        Search(addr.value());
     if (ABSL_PREDICT_FALSE(i == shape.n || slots[i].last < access_last)) {
       return IoStatus::kDeviceNotFound;
     }
@@ -186,7 +186,7 @@ struct BusTable {
       hint->recent[1] = h0;
       *from_hint = true;
     } else {
-      i = range_search_internal::BTreeFloor(nodes, shape, addr.value());
+      i = Search(addr.value());
       *from_hint = false;
       if (ABSL_PREDICT_FALSE(i == shape.n || slots[i].last < access_last)) {
         return IoStatus::kDeviceNotFound;
@@ -200,6 +200,14 @@ struct BusTable {
   }
 
  private:
+  // The floor of `x` (BTreeFloor()), with the slots of the leaf prefetched
+  // as soon as the leaf is known (LeafPrefetch).
+  ABSL_ATTRIBUTE_ALWAYS_INLINE size_t Search(Value x) const {
+    using range_search_internal::DirectProbe;
+    using range_search_internal::LeafPrefetch;
+    return range_search_internal::BTreeFloor<Value, DirectProbe>(
+        nodes, shape, x, LeafPrefetch<Value, Slot>{slots, shape.n});
+  }
   // Whether range `i` of this snapshot exists and holds [first, last].
   ABSL_ATTRIBUTE_ALWAYS_INLINE bool Holds(size_t i, Value first,
                                           Value last) const {
