@@ -10,7 +10,9 @@
 // Benchmarks (names read as a table):
 //
 //   BM_Dispatch/<engine>/<workload>/ranges:<n>/threads:<t>
-//     engine:   rcu, rwlock_map, mutex_map, unsynchronized (bench/engines.h)
+//     engine:   rcu, rwlock_map, mutex_map, unsynchronized (bench/engines.h);
+//               direct_index (uniform and cold, 1 and 2 threads): no
+//               search, the floor of any lookup (DirectIndexEngine)
 //     workload: uniform     n MMIO ranges of 4 KiB; each thread replays its
 //                           own stream of 4-byte reads and writes at addresses
 //                           uniform over the ranges, generated before timing
@@ -114,6 +116,8 @@
 //
 // Defaults: --benchmark_min_time=0.05 (any flag given overrides it), every
 // benchmark; about a minute on 2 cores. The run ends with a summary.
+// Order: the cells of each ratio run next to each other (uniform by thread
+// count, then range count, then engine; see RegisterAll()).
 // --pin_threads=true|false (default true): benchmark thread i runs its timed
 // loop pinned to the (i mod n)-th CPU of the process's CPU set, so the cells
 // of a ratio run on the same CPUs (see ScopedCpuPin); false leaves placement
@@ -816,72 +820,45 @@ void BM_Publish(benchmark::State& state, int ranges) {
   }
 }
 
+// BM_Dispatch/<engine>/trace_nohints (rcu and unsynchronized).
 template <typename Engine>
-void RegisterIssue9Workloads() {
-  constexpr bool kOurs = HasHints<Engine>;  // rcu and unsynchronized
-  if constexpr (kOurs) {
-    if (trace_workload != nullptr) {
-      auto* results = new RunResults;
-      benchmark::RegisterBenchmark(
-          DispatchName(Engine::kName, "trace_nohints",
-                       static_cast<int>(trace_workload->map.size()))
-              .c_str(),
-          [results](benchmark::State& s) {
-            BM_TraceNoHints<Engine>(s, results);
-          })
-          ->Threads(static_cast<int>(trace_workload->streams.size()))
-          ->UseRealTime();
-    }
-    for (int ranges : kRangeCounts) {
-      for (int threads : {1, 2}) {
-        auto* results = new RunResults;
-        benchmark::RegisterBenchmark(
-            DispatchName(Engine::kName, "cold", ranges).c_str(),
-            [ranges, results](benchmark::State& s) {
-              BM_Cold<Engine>(s, ranges, results);
-            })
-            ->Threads(threads)
-            ->Iterations(3000)
-            ->UseRealTime();
-      }
-    }
-    for (int ranges : {16, 4096, 65536}) {
-      auto* results = new RunResults;
-      benchmark::RegisterBenchmark(
-          DispatchName(Engine::kName, "edge", ranges).c_str(),
-          [ranges, results](benchmark::State& s) {
-            BM_Edge<Engine>(s, ranges, results);
-          })
-          ->Threads(1)
-          ->UseRealTime();
-    }
-  }
+void RegisterTraceNoHints() {
+  if (trace_workload == nullptr) return;
+  auto* results = new RunResults;
+  benchmark::RegisterBenchmark(
+      DispatchName(Engine::kName, "trace_nohints",
+                   static_cast<int>(trace_workload->map.size()))
+          .c_str(),
+      [results](benchmark::State& s) { BM_TraceNoHints<Engine>(s, results); })
+      ->Threads(static_cast<int>(trace_workload->streams.size()))
+      ->UseRealTime();
 }
 
-// BM_Dispatch/direct_index/{uniform,cold}: the floor of any lookup
-// (bench/engines.h, DirectIndexEngine), 1 and 2 threads.
-void RegisterDirectIndex() {
-  for (int ranges : kRangeCounts) {
-    for (int threads : {1, 2}) {
-      auto* hot = new RunResults;
-      benchmark::RegisterBenchmark(
-          DispatchName(DirectIndexEngine::kName, "uniform", ranges).c_str(),
-          [ranges, hot](benchmark::State& s) {
-            BM_Uniform<DirectIndexEngine>(s, ranges, hot);
-          })
-          ->Threads(threads)
-          ->UseRealTime();
-      auto* cold = new RunResults;
-      benchmark::RegisterBenchmark(
-          DispatchName(DirectIndexEngine::kName, "cold", ranges).c_str(),
-          [ranges, cold](benchmark::State& s) {
-            BM_Cold<DirectIndexEngine>(s, ranges, cold);
-          })
-          ->Threads(threads)
-          ->Iterations(3000)
-          ->UseRealTime();
-    }
-  }
+// BM_Dispatch/<engine>/edge/ranges:<n>/threads:1.
+template <typename Engine>
+void RegisterEdgeCell(int ranges) {
+  auto* results = new RunResults;
+  benchmark::RegisterBenchmark(
+      DispatchName(Engine::kName, "edge", ranges).c_str(),
+      [ranges, results](benchmark::State& s) {
+        BM_Edge<Engine>(s, ranges, results);
+      })
+      ->Threads(1)
+      ->UseRealTime();
+}
+
+// BM_Dispatch/<engine>/cold/ranges:<n>/threads:<t>.
+template <typename Engine>
+void RegisterColdCell(int ranges, int threads) {
+  auto* results = new RunResults;
+  benchmark::RegisterBenchmark(
+      DispatchName(Engine::kName, "cold", ranges).c_str(),
+      [ranges, results](benchmark::State& s) {
+        BM_Cold<Engine>(s, ranges, results);
+      })
+      ->Threads(threads)
+      ->Iterations(3000)
+      ->UseRealTime();
 }
 
 // Registration into an empty IoManager, timed per iteration by hand. One
@@ -965,36 +942,36 @@ std::string DispatchName(absl::string_view engine, absl::string_view workload,
                       "/ranges:", ranges);
 }
 
-// BM_Dispatch/<engine>/uniform and /trace.
+// BM_Dispatch/<engine>/uniform/ranges:<n>/threads:<t>.
 template <typename Engine>
-void RegisterUniformAndTrace() {
-  for (int ranges : kRangeCounts) {
-    for (int threads : ThreadCounts()) {
-      auto* results = new RunResults;
-      benchmark::RegisterBenchmark(
-          DispatchName(Engine::kName, "uniform", ranges).c_str(),
-          [ranges, results](benchmark::State& s) {
-            BM_Uniform<Engine>(s, ranges, results);
-          })
-          ->Threads(threads)
-          ->UseRealTime();
-    }
-  }
-  if (trace_workload != nullptr) {
-    auto* results = new RunResults;
-    benchmark::RegisterBenchmark(
-        DispatchName(Engine::kName, "trace",
-                     static_cast<int>(trace_workload->map.size()))
-            .c_str(),
-        [results](benchmark::State& s) { BM_Trace<Engine>(s, results); })
-        ->Threads(static_cast<int>(trace_workload->streams.size()))
-        ->UseRealTime();
-  }
+void RegisterUniformCell(int ranges, int threads) {
+  auto* results = new RunResults;
+  benchmark::RegisterBenchmark(
+      DispatchName(Engine::kName, "uniform", ranges).c_str(),
+      [ranges, results](benchmark::State& s) {
+        BM_Uniform<Engine>(s, ranges, results);
+      })
+      ->Threads(threads)
+      ->UseRealTime();
 }
 
+// BM_Dispatch/<engine>/trace.
 template <typename Engine>
-void RegisterEngine() {
-  RegisterUniformAndTrace<Engine>();
+void RegisterTrace() {
+  if (trace_workload == nullptr) return;
+  auto* results = new RunResults;
+  benchmark::RegisterBenchmark(
+      DispatchName(Engine::kName, "trace",
+                   static_cast<int>(trace_workload->map.size()))
+          .c_str(),
+      [results](benchmark::State& s) { BM_Trace<Engine>(s, results); })
+      ->Threads(static_cast<int>(trace_workload->streams.size()))
+      ->UseRealTime();
+}
+
+// BM_Dispatch/<engine>/churn and /churn_1khz.
+template <typename Engine>
+void RegisterChurn() {
   if constexpr (Engine::kConcurrentChanges) {
     for (int rate : {0, 1000}) {
       for (int ranges : kChurnRangeCounts) {
@@ -1083,29 +1060,21 @@ void BM_Sharded(benchmark::State& state, bool sharded, bool same_shard,
 
 const int kShardedThreads[] = {1, 2, 4};
 
-// BM_Dispatch/<engine>/own_device.
+// BM_Dispatch/<engine>/own_device/ranges:<n>/threads:<t>.
 template <typename Engine>
-void RegisterOwnDevice() {
-  for (int ranges : kOwnDeviceRangeCounts) {
-    for (int threads : OwnDeviceThreadCounts()) {
-      auto* results = new RunResults;
-      benchmark::RegisterBenchmark(
-          DispatchName(Engine::kName, "own_device", ranges).c_str(),
-          [ranges, results](benchmark::State& s) {
-            BM_OwnDevice<Engine>(s, ranges, results);
-          })
-          ->Threads(threads)
-          ->UseRealTime();
-    }
-  }
+void RegisterOwnDeviceCell(int ranges, int threads) {
+  auto* results = new RunResults;
+  benchmark::RegisterBenchmark(
+      DispatchName(Engine::kName, "own_device", ranges).c_str(),
+      [ranges, results](benchmark::State& s) {
+        BM_OwnDevice<Engine>(s, ranges, results);
+      })
+      ->Threads(threads)
+      ->UseRealTime();
 }
 
-// BM_Dispatch/rcu_locked/{uniform,trace,own_device}, rcu/own_device (its
-// baseline) and BM_Sharded.
-void RegisterMutDevices() {
-  RegisterUniformAndTrace<RcuLockedEngine>();
-  RegisterOwnDevice<RcuEngine>();
-  RegisterOwnDevice<RcuLockedEngine>();
+// BM_Sharded.
+void RegisterSharded() {
   for (bool same_shard : {false, true}) {
     for (bool sharded : {false, true}) {
       for (int threads : kShardedThreads) {
@@ -1337,14 +1306,51 @@ void RegisterAll() {
     std::fprintf(stderr, "no trace workload: %s\n",
                  w.status().ToString().c_str());
   }
-  RegisterEngine<UnsynchronizedEngine>();
-  RegisterEngine<RcuEngine>();
-  RegisterEngine<RwLockMapEngine>();
-  RegisterEngine<MutexMapEngine>();
-  RegisterMutDevices();
-  RegisterIssue9Workloads<UnsynchronizedEngine>();
-  RegisterIssue9Workloads<RcuEngine>();
-  RegisterDirectIndex();
+  // Google Benchmark runs benchmarks in registration order. The cells of
+  // every ratio the summary and the targets take (one engine against
+  // another on one cell; one range count against another at one thread
+  // count) are registered next to each other, by thread count, then range
+  // count, then engine, so that both sides of a ratio are measured within a
+  // second or two of each other: on a shared VM the machine's speed drifts
+  // over the minute a run takes.
+  for (int threads : ThreadCounts()) {
+    for (int ranges : kRangeCounts) {
+      if (threads <= 2) RegisterUniformCell<DirectIndexEngine>(ranges, threads);
+      RegisterUniformCell<UnsynchronizedEngine>(ranges, threads);
+      RegisterUniformCell<RcuEngine>(ranges, threads);
+      if (threads == 1 && ranges >= 16 && ranges != 256) {  // 16, 4096, 65536
+        RegisterEdgeCell<UnsynchronizedEngine>(ranges);
+        RegisterEdgeCell<RcuEngine>(ranges);
+      }
+      RegisterUniformCell<RwLockMapEngine>(ranges, threads);
+      RegisterUniformCell<MutexMapEngine>(ranges, threads);
+      RegisterUniformCell<RcuLockedEngine>(ranges, threads);
+    }
+  }
+  for (int threads : {1, 2}) {
+    for (int ranges : kRangeCounts) {
+      RegisterColdCell<DirectIndexEngine>(ranges, threads);
+      RegisterColdCell<UnsynchronizedEngine>(ranges, threads);
+      RegisterColdCell<RcuEngine>(ranges, threads);
+    }
+  }
+  for (int threads : OwnDeviceThreadCounts()) {
+    for (int ranges : kOwnDeviceRangeCounts) {
+      RegisterOwnDeviceCell<RcuEngine>(ranges, threads);
+      RegisterOwnDeviceCell<RcuLockedEngine>(ranges, threads);
+    }
+  }
+  RegisterTrace<UnsynchronizedEngine>();
+  RegisterTraceNoHints<UnsynchronizedEngine>();
+  RegisterTrace<RcuEngine>();
+  RegisterTraceNoHints<RcuEngine>();
+  RegisterTrace<RwLockMapEngine>();
+  RegisterTrace<MutexMapEngine>();
+  RegisterTrace<RcuLockedEngine>();
+  RegisterChurn<RcuEngine>();
+  RegisterChurn<RwLockMapEngine>();
+  RegisterChurn<MutexMapEngine>();
+  RegisterSharded();
   for (int ranges : {16, 4096, 65536}) {
     benchmark::RegisterBenchmark(
         absl::StrCat("BM_Publish/rcu/ranges:", ranges).c_str(),
