@@ -115,7 +115,7 @@
 // prints per-cell min/max and the targets of issue 9 per run.
 //
 // Defaults: --benchmark_min_time=0.05 (any flag given overrides it), every
-// benchmark; about a minute on 2 cores. The run ends with a summary.
+// benchmark; about 35 s on 2 cores. The run ends with a summary.
 // Order: the cells of each ratio run next to each other (uniform by thread
 // count, then range count, then engine; see RegisterAll()).
 // --pin_threads=true|false (default true): benchmark thread i runs its timed
