@@ -100,6 +100,10 @@
 //                    of steady_clock reads; the cost of an empty pair
 //                    (calibrated at start-up, printed) is subtracted. Samples
 //                    of all threads are merged.
+//   cpu_share        the share of its timed loop's wall time each thread
+//                    spent on a CPU (thread CPU time / wall time, mean over
+//                    the threads): below 1 when threads outnumber free CPUs,
+//                    or a churn writer takes CPU time from the readers.
 //   writer_changes   churn: registrations plus deregistrations the writer made
 //                    while the readers ran; changes_per_s is that per second.
 //   ns_per_range, bytes_per_range (BM_Register): time per registered range,
@@ -125,6 +129,7 @@
 
 #include <sched.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -358,13 +363,18 @@ class RunResults {
     expected_ = threads;
     arrived_ = 0;
     ns_per_dispatch_sum_ = 0;
+    cpu_share_sum_ = 0;
     samples_.clear();
   }
 
-  void Add(double ns_per_dispatch, absl::Span<const float> samples) {
+  // One thread's result: its ns per dispatch, its sampled latencies, and the
+  // share of its timed loop's wall time it spent on a CPU.
+  void Add(double ns_per_dispatch, absl::Span<const float> samples,
+           double cpu_share) {
     absl::MutexLock lock(&mu_);
     ++arrived_;
     ns_per_dispatch_sum_ += ns_per_dispatch;
+    cpu_share_sum_ += cpu_share;
     samples_.insert(samples_.end(), samples.begin(), samples.end());
   }
 
@@ -374,6 +384,7 @@ class RunResults {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(this, &RunResults::AllArrived));
     state.counters["ns_per_dispatch"] = ns_per_dispatch_sum_ / expected_;
+    state.counters["cpu_share"] = cpu_share_sum_ / expected_;
     if (!samples_.empty()) {
       state.counters["p50_ns"] = Percentile(0.50);
       state.counters["p99_ns"] = Percentile(0.99);
@@ -394,6 +405,7 @@ class RunResults {
   absl::Mutex mu_;
   int arrived_ ABSL_GUARDED_BY(mu_) = 0;
   double ns_per_dispatch_sum_ ABSL_GUARDED_BY(mu_) = 0;
+  double cpu_share_sum_ ABSL_GUARDED_BY(mu_) = 0;
   int expected_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<float> samples_ ABSL_GUARDED_BY(mu_);
 };
@@ -440,6 +452,13 @@ class ScopedCpuPin {
 
 // Runs `state`'s iterations over `stream` (cycled) on `engine` and hands the
 // thread's timings to `results`.
+// The calling thread's CPU time, in ns.
+double ThreadCpuNs() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+}
+
 template <typename Engine>
 void DispatchLoop(benchmark::State& state, const Engine& engine,
                   absl::Span<const Access> stream, RunResults& results) {
@@ -452,6 +471,8 @@ void DispatchLoop(benchmark::State& state, const Engine& engine,
   uint64_t i = 0;
   uint64_t last_sampled = 0;
   Clock::time_point first, last_end;
+  const double cpu_start = ThreadCpuNs();
+  const auto wall_start = Clock::now();
   for (auto _ : state) {
     const Access& a = stream[pos];
     if (++pos == n) pos = 0;
@@ -472,10 +493,15 @@ void DispatchLoop(benchmark::State& state, const Engine& engine,
     }
     ++i;
   }
+  const double cpu_ns = ThreadCpuNs() - cpu_start;
+  const double loop_ns =
+      std::chrono::duration<double, std::nano>(Clock::now() - wall_start)
+          .count();
   state.SetItemsProcessed(state.iterations());
   const double wall =
       std::chrono::duration<double, std::nano>(last_end - first).count();
-  results.Add(wall / static_cast<double>(last_sampled + 1), samples);
+  results.Add(wall / static_cast<double>(last_sampled + 1), samples,
+              loop_ns > 0 ? std::min(1.0, cpu_ns / loop_ns) : 1.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -708,6 +734,8 @@ void BM_Cold(benchmark::State& state, int ranges, RunResults* results) {
   alignas(64) uint8_t buf[64] = {1};
   size_t pos = 0;
   const ScopedCpuPin pin(state.thread_index());
+  const double cpu_start = ThreadCpuNs();
+  const auto wall_start = Clock::now();
   for (auto _ : state) {
     benchmark::DoNotOptimize(TouchColdBuffer(cold));
     const Access& a = stream[pos];
@@ -719,12 +747,17 @@ void BM_Cold(benchmark::State& state, int ranges, RunResults* results) {
     const double ns = std::chrono::duration<double, std::nano>(t1 - t0).count();
     samples.push_back(static_cast<float>(std::max(0.0, ns - clock_pair_ns)));
   }
+  const double cpu_ns = ThreadCpuNs() - cpu_start;
+  const double loop_ns =
+      std::chrono::duration<double, std::nano>(Clock::now() - wall_start)
+          .count();
   state.SetItemsProcessed(state.iterations());
   // The median of this thread's dispatches; RunResults averages the threads.
   std::vector<float> sorted = samples;
   std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2,
                    sorted.end());
-  results->Add(sorted.empty() ? 0.0 : sorted[sorted.size() / 2], samples);
+  results->Add(sorted.empty() ? 0.0 : sorted[sorted.size() / 2], samples,
+               loop_ns > 0 ? std::min(1.0, cpu_ns / loop_ns) : 1.0);
   if (state.thread_index() == 0) results->Publish(state);
 }
 
@@ -1546,12 +1579,21 @@ void PrintSummary(const Results& r) {
       const double churn = r.Get("rcu", "churn", ranges, t);
       const double slow = r.Get("rcu", "churn_1khz", ranges, t);
       if (base <= 0 || churn <= 0) continue;
+      // The readers' share of the wall time on a CPU: below 1 when the
+      // writer (and the reclaimer) take CPU time from them. The ratio per
+      // CPU-second is what is left once that time-sharing is taken out.
+      const double share = r.Get("rcu", "churn", ranges, t, "cpu_share");
+      const double base_share = r.Get("rcu", "uniform", ranges, t, "cpu_share");
       std::printf(
           "  rcu churn / no churn, ranges:%-4d threads:%d  flat out %5.2fx"
-          " (%.0f changes/s; target <= 1.5x: %s), 1 kHz %5.2fx\n",
+          " (%.0f changes/s; target <= 1.5x: %s), 1 kHz %5.2fx;"
+          " readers on a CPU %.0f%% of the time, flat out per CPU-second "
+          "%5.2fx\n",
           ranges, t, churn / base,
           r.Get("rcu", "churn", ranges, t, "changes_per_s"),
-          Verdict(churn / base <= 1.5), slow > 0 ? slow / base : 0.0);
+          Verdict(churn / base <= 1.5), slow > 0 ? slow / base : 0.0,
+          100 * share,
+          base_share > 0 ? churn * share / (base * base_share) : 0.0);
     }
   }
   {

@@ -93,10 +93,11 @@ pat = re.compile(r"^BM_Dispatch/([^/]+)/([^/]+)/ranges:(\d+)(?:/iterations:\d+)?
 per_run = []   # [{(engine, workload, ranges, threads): ns}, ...]
 cells = collections.defaultdict(list)
 publish = []   # [{ranges: (mean_us, p50_us)}]
+shares = []    # [{(engine, workload, ranges, threads): cpu_share}, ...]
 for i in range(1, runs + 1):
     with open(f"{d}/run{i}.json") as f:
         data = json.load(f)
-    r, p = {}, {}
+    r, p, sh = {}, {}, {}
     for b in data["benchmarks"]:
         if b.get("run_type") != "iteration" or b.get("error_occurred"):
             continue
@@ -106,6 +107,8 @@ for i in range(1, runs + 1):
             key = (m[1], m[2], int(m[3]), int(m[4]))
             r[key] = b["ns_per_dispatch"]
             cells[name].append(b["ns_per_dispatch"])
+            if "cpu_share" in b:
+                sh[key] = b["cpu_share"]
         m = re.match(r"^BM_Sharded/(one_lock|sharded)/(shards:4|same_shard)"
                      r"(?:/real_time)?/threads:(\d+)$", name)
         if m and "ns_per_dispatch" in b:
@@ -117,6 +120,7 @@ for i in range(1, runs + 1):
             cells[name].append(b["us_per_change"])
     per_run.append(r)
     publish.append(p)
+    shares.append(sh)
 
 print(f"\nPer-cell spread over {runs} runs (ns_per_dispatch; BM_Publish: us per change)")
 rows = []
@@ -176,11 +180,24 @@ for e in ("rcu", "unsynchronized"):
             k = on[0]
             vals.append(ratio(r, (e, "trace_nohints", k[2], k[3]), k))
     target(f"trace {e}: hints off / on (>= 1.3)", vals, lambda x: x >= 1.3)
+def per_cpu_second(r, sh, a, b):
+    """ratio(r, a, b) with each side's time-sharing taken out (cpu_share)."""
+    x = ratio(r, a, b)
+    if x is None or a not in sh or b not in sh or sh[b] <= 0:
+        return None
+    return x * sh[a] / sh[b]
+
 for n in (16, 4096):
     for t in (1, 2):
+        a, b = ("rcu", "churn", n, t), ("rcu", "uniform", n, t)
         target(f"churn flat out / uniform, rcu ranges:{n} threads:{t} (<= 1.5)",
-               [ratio(r, ("rcu", "churn", n, t), ("rcu", "uniform", n, t))
-                for r in per_run], lambda x: x <= 1.5)
+               [ratio(r, a, b) for r in per_run], lambda x: x <= 1.5)
+        target(f"  the same per CPU-second (readers' time-sharing with the "
+               f"writer taken out)",
+               [per_cpu_second(r, sh, a, b) for r, sh in zip(per_run, shares)],
+               None)
+        target(f"  readers' share of wall time on a CPU, churn",
+               [sh.get(a) for sh in shares], None)
 target("publish one change into 4096 ranges, mean us (<= 20)",
        [p[4096][0] if 4096 in p else None for p in publish], lambda x: x <= 20)
 target("publish one change into 4096 ranges, median us (<= 20)",
