@@ -201,9 +201,10 @@ void ForEachEytzingerSlot(size_t n, F&& f) {
 // SSE2 for 16-bit keys) and goes down to that child: one cache line per layer
 // and no other load. The leaf's count, added to the leaf's first sorted index,
 // is the number of keys <= x. Padding (in the last node of each layer only)
-// is the largest key value: it compares <= x only for x = that value, where
-// the answer is the last key anyway; the child index is clamped to the layer
-// for that case, so no search leaves the array.
+// is the largest key value: it compares <= x only for x = that value, whose
+// answer is the last key; BTreeFloor() answers that case before descending,
+// so no count includes padding and no child index leaves its layer (a node's
+// real keys are the first keys of its real children), without a clamp.
 //
 // Because the leaf layer is the sorted array, per-range data can be indexed
 // by sorted index, and a hint (a sorted index remembered from an earlier
@@ -324,22 +325,27 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t BTreeFloor(
     LeafHook on_leaf = LeafHook()) {
   constexpr size_t kB = kKeysPerNode<V>;
   if (ABSL_PREDICT_FALSE(shape.n == 0)) return 0;
+  // Every key is <= the largest value, so its floor is the last key; below
+  // it, padding never counts, and every child a count leads to exists (a
+  // node's real keys are its real children's first keys), so the descent
+  // needs no clamp.
+  if (ABSL_PREDICT_FALSE(x == std::numeric_limits<V>::max())) {
+    on_leaf(size_t{shape.count[shape.height - 1]} - 1);
+    return shape.n - 1;
+  }
   const size_t leaf_layer = shape.height - 1;
   size_t k = 0;
   for (size_t h = 0; h < leaf_layer; ++h) {
     const size_t c = btree_internal::CountLessEqual<V, Probe>(
         nodes + (size_t{shape.offset[h]} + k) * kB, x);
-    const size_t child = k * (kB + 1) + c;
-    const size_t last = size_t{shape.count[h + 1]} - 1;
-    k = child < last ? child : last;
+    k = k * (kB + 1) + c;
   }
   on_leaf(k);
   const size_t le =
       k * kB + btree_internal::CountLessEqual<V, Probe>(
                    nodes + (size_t{shape.offset[leaf_layer]} + k) * kB, x);
-  // le keys are <= x (padding included only when x is the largest value).
-  const size_t floor = (le < shape.n ? le : shape.n) - 1;
-  return le == 0 ? shape.n : floor;
+  // le keys are <= x, none of them padding: le <= n.
+  return le == 0 ? shape.n : le - 1;
 }
 
 // LeafPrefetch
