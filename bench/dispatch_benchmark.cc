@@ -1705,11 +1705,10 @@ void PrintIssue9Targets(const Results& r) {
         reachable = reachable && a / b <= limit;
       }
       if (!f.empty()) {
-        std::printf(
-            "  %-7s   floor: direct_index %d / rcu 16 ranges:%s (%s)\n",
-            workload, big, f.c_str(),
-            reachable ? "a search could meet the target"
-                      : "above the target with no search at all");
+        std::printf("  %-7s   floor: direct_index %d / rcu 16 ranges:%s (%s)\n",
+                    workload, big, f.c_str(),
+                    reachable ? "a search could meet the target"
+                              : "above the target with no search at all");
       }
     }
   }

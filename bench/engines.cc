@@ -465,8 +465,7 @@ absl::Status DirectIndexEngine::Add(const RangeSpec& r) {
       return refuse("is not a power-of-two stride above the first range");
     }
     shift_ = static_cast<unsigned>(__builtin_ctzll(stride));
-  } else if (r.base - first_ != (uint64_t{n} << shift_) ||
-             r.base < first_) {
+  } else if (r.base - first_ != (uint64_t{n} << shift_) || r.base < first_) {
     return refuse("is not the next range of the sequence");
   }
   devices_.push_back(r.device.get());
@@ -488,13 +487,13 @@ absl::Status DirectIndexEngine::AddAll(absl::Span<const RangeSpec> ranges) {
 IoStatus DirectIndexEngine::Locate(uint64_t addr, size_t len,
                                    size_t* index) const {
   MmioAddress::Value last;
-  const IoStatus shape = range_search_internal::CheckAccessShape(
-      MmioAddress(addr), len, &last);
+  const IoStatus shape =
+      range_search_internal::CheckAccessShape(MmioAddress(addr), len, &last);
   if (ABSL_PREDICT_FALSE(shape != IoStatus::kOk)) return shape;
   // Below the first base, the difference wraps to a huge index.
   const uint64_t off = addr - first_;
-  const uint64_t i = shift_ == 0 ? (off < size_ ? 0 : devices_.size())
-                                 : off >> shift_;
+  const uint64_t i =
+      shift_ == 0 ? (off < size_ ? 0 : devices_.size()) : off >> shift_;
   const uint64_t in = off - (i << shift_);
   if (ABSL_PREDICT_FALSE(i >= devices_.size() || in > size_ - 1 ||
                          last - addr > size_ - 1 - in)) {

@@ -298,11 +298,10 @@ TEST(BenchEngines, DirectIndexRoutesEvenlySpacedRangesLikeTheModel) {
     DirectIndexEngine engine;
     ASSERT_TRUE(engine.AddAll(map).ok());
     std::vector<Access> probes = Probes(map);
-    probes.erase(std::remove_if(probes.begin(), probes.end(),
-                                [](const Access& a) {
-                                  return a.bus != BusKind::kMmio;
-                                }),
-                 probes.end());
+    probes.erase(
+        std::remove_if(probes.begin(), probes.end(),
+                       [](const Access& a) { return a.bus != BusKind::kMmio; }),
+        probes.end());
     const Tally t = CheckRouting(engine, map, probes);
     EXPECT_GT(t.ok, 100) << size;
     EXPECT_GT(t.not_found, 100) << size;
@@ -322,16 +321,16 @@ TEST(BenchEngines, DirectIndexRefusesMapsItCannotIndex) {
   auto dev = std::make_shared<SinkDevice>(1);
   const RangeSpec first = {BusKind::kMmio, 0x10000, 0x1000, dev};
   const std::vector<std::vector<RangeSpec>> bad = {
-      {{BusKind::kPio, 0x3f8, 8, dev}},                          // PIO
-      {first, {BusKind::kMmio, 0x13000, 0x1000, dev}},           // stride 0x3000
-      {first, {BusKind::kMmio, 0x10800, 0x1000, dev}},           // overlaps
-      {first, {BusKind::kMmio, 0x8000, 0x1000, dev}},            // below
-      {first, {BusKind::kMmio, 0x12000, 0x800, dev}},            // other size
+      {{BusKind::kPio, 0x3f8, 8, dev}},                 // PIO
+      {first, {BusKind::kMmio, 0x13000, 0x1000, dev}},  // stride 0x3000
+      {first, {BusKind::kMmio, 0x10800, 0x1000, dev}},  // overlaps
+      {first, {BusKind::kMmio, 0x8000, 0x1000, dev}},   // below
+      {first, {BusKind::kMmio, 0x12000, 0x800, dev}},   // other size
       {first,
        {BusKind::kMmio, 0x12000, 0x1000, dev},
-       {BusKind::kMmio, 0x16000, 0x1000, dev}},                  // skips one
-      {{BusKind::kMmio, 0x1000, 0, dev}},                        // empty
-      {{BusKind::kMmio, 0xfffffffffffff000, 0x2000, dev}},      // wraps
+       {BusKind::kMmio, 0x16000, 0x1000, dev}},             // skips one
+      {{BusKind::kMmio, 0x1000, 0, dev}},                   // empty
+      {{BusKind::kMmio, 0xfffffffffffff000, 0x2000, dev}},  // wraps
   };
   for (const auto& map : bad) {
     DirectIndexEngine engine;

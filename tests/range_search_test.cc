@@ -413,9 +413,9 @@ TEST(RangeSearch, BTreeCallsTheLeafHookOnceWithTheFloorsLeaf) {
     const Tables t(n);
     for (uint64_t x : t.probes) {
       std::vector<size_t> leaves;
-      const size_t floor = BTreeFloor<uint64_t>(
-          t.nodes.data(), t.shape, x,
-          [&leaves](size_t k) { leaves.push_back(k); });
+      const size_t floor =
+          BTreeFloor<uint64_t>(t.nodes.data(), t.shape, x,
+                               [&leaves](size_t k) { leaves.push_back(k); });
       if (n == 0) {
         EXPECT_EQ(leaves.size(), 0u);
         continue;
@@ -436,8 +436,9 @@ TEST(RangeSearch, LeafPrefetchStaysInsideTheEntries) {
   };
   static_assert(sizeof(Entry) == 16);
   constexpr size_t kMin = LeafPrefetch<uint64_t, Entry>::kMinBytes;
-  for (size_t n : std::initializer_list<size_t>{1, 8, 9, 100, kMin / 16 - 1, kMin / 16, kMin / 16 + 1,
-                   kMin / 16 + 7, 4096, 65535, 65536}) {
+  for (size_t n : std::initializer_list<size_t>{
+           1, 8, 9, 100, kMin / 16 - 1, kMin / 16, kMin / 16 + 1, kMin / 16 + 7,
+           4096, 65535, 65536}) {
     std::vector<Entry> entries(n);
     const size_t leaves = (n + 7) / 8;
     ScopedBounds scope(entries.data(), entries.size());

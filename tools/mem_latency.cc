@@ -33,7 +33,8 @@ double NsPerLoad(size_t kib) {
   std::iota(order.begin(), order.end(), size_t{0});
   std::shuffle(order.begin(), order.end(), std::mt19937_64(kib));
   std::vector<Line> lines(n);
-  for (size_t i = 0; i < n; ++i) lines[order[i]].next = &lines[order[(i + 1) % n]];
+  for (size_t i = 0; i < n; ++i)
+    lines[order[i]].next = &lines[order[(i + 1) % n]];
   constexpr size_t kLoads = 2000000;
   const Line* p = &lines[order[0]];
   for (size_t i = 0; i < kLoads / 4; ++i) p = p->next;

@@ -14,7 +14,8 @@
 //   whose leaf layer is the sorted array of bases, and beside it, in sorted
 //   order, {last address, device pointer} slots. A lookup reads one cache
 //   line per layer (4096 MMIO ranges: 4 layers; 65,536: 6) with a
-//   branch-free count inside each node, then one slot. No pointer chasing,
+//   branch-free count inside each node, then one slot (prefetched as soon as
+//   the leaf is known, on large MMIO tables). No pointer chasing,
 //   no allocation, no writes, and no access outside the snapshot's arrays.
 // * Dispatch first tries the calling thread's hints (BusHint: its last two
 //   hits on that bus of that manager, in thread-local memory), each checked
@@ -124,8 +125,7 @@ struct BusTable {
   //
   // The index of the range that holds `addr`, or size() when none does.
   ABSL_ATTRIBUTE_ALWAYS_INLINE size_t Locate(A addr) const {
-    const size_t i =
-        Search(addr.value());
+    const size_t i = Search(addr.value());
     return (i != shape.n && addr.value() <= slots[i].last) ? i : shape.n;
   }
 
@@ -148,8 +148,7 @@ struct BusTable {
     const IoStatus shape_ok =
         range_search_internal::CheckAccessShape(addr, len, &access_last);
     if (ABSL_PREDICT_FALSE(shape_ok != IoStatus::kOk)) return shape_ok;
-    const size_t i =
-        Search(addr.value());
+    const size_t i = Search(addr.value());
     if (ABSL_PREDICT_FALSE(i == shape.n || slots[i].last < access_last)) {
       return IoStatus::kDeviceNotFound;
     }
