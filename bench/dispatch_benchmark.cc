@@ -703,6 +703,17 @@ void BM_TraceNoHints(benchmark::State& state, RunResults* results) {
   if (state.thread_index() == 0) results->Publish(state);
 }
 
+// BM_Trace and BM_TraceNoHints as cell bodies (the range count is the
+// recorded map's).
+template <typename Engine>
+void TraceBody(benchmark::State& state, int, RunResults* results) {
+  BM_Trace<Engine>(state, results);
+}
+template <typename Engine>
+void TraceNoHintsBody(benchmark::State& state, int, RunResults* results) {
+  BM_TraceNoHints<Engine>(state, results);
+}
+
 // The buffer the cold workload reads between dispatches: twice the L2 of the
 // machine this was tuned on (1 MiB). Read-only after construction.
 constexpr size_t kColdBytes = size_t{2} << 20;
@@ -853,47 +864,6 @@ void BM_Publish(benchmark::State& state, int ranges) {
   }
 }
 
-// BM_Dispatch/<engine>/trace_nohints (rcu and unsynchronized).
-template <typename Engine>
-void RegisterTraceNoHints() {
-  if (trace_workload == nullptr) return;
-  auto* results = new RunResults;
-  benchmark::RegisterBenchmark(
-      DispatchName(Engine::kName, "trace_nohints",
-                   static_cast<int>(trace_workload->map.size()))
-          .c_str(),
-      [results](benchmark::State& s) { BM_TraceNoHints<Engine>(s, results); })
-      ->Threads(static_cast<int>(trace_workload->streams.size()))
-      ->UseRealTime();
-}
-
-// BM_Dispatch/<engine>/edge/ranges:<n>/threads:1.
-template <typename Engine>
-void RegisterEdgeCell(int ranges) {
-  auto* results = new RunResults;
-  benchmark::RegisterBenchmark(
-      DispatchName(Engine::kName, "edge", ranges).c_str(),
-      [ranges, results](benchmark::State& s) {
-        BM_Edge<Engine>(s, ranges, results);
-      })
-      ->Threads(1)
-      ->UseRealTime();
-}
-
-// BM_Dispatch/<engine>/cold/ranges:<n>/threads:<t>.
-template <typename Engine>
-void RegisterColdCell(int ranges, int threads) {
-  auto* results = new RunResults;
-  benchmark::RegisterBenchmark(
-      DispatchName(Engine::kName, "cold", ranges).c_str(),
-      [ranges, results](benchmark::State& s) {
-        BM_Cold<Engine>(s, ranges, results);
-      })
-      ->Threads(threads)
-      ->Iterations(3000)
-      ->UseRealTime();
-}
-
 // Registration into an empty IoManager, timed per iteration by hand. One
 // manager serves the whole run: after each timed registration, one untimed
 // batch removes every range again. (Destroying a manager per iteration would
@@ -975,31 +945,32 @@ std::string DispatchName(absl::string_view engine, absl::string_view workload,
                       "/ranges:", ranges);
 }
 
-// BM_Dispatch/<engine>/uniform/ranges:<n>/threads:<t>.
-template <typename Engine>
-void RegisterUniformCell(int ranges, int threads) {
+// The body of one BM_Dispatch cell: the state, the range count, and the
+// cell's own RunResults.
+using CellBody = void (*)(benchmark::State&, int, RunResults*);
+
+// Registers BM_Dispatch/<engine>/<workload>/ranges:<ranges> at `threads`
+// threads, timed in real time, running `body`.
+benchmark::internal::Benchmark* RegisterCell(absl::string_view engine,
+                                             absl::string_view workload,
+                                             int ranges, int threads,
+                                             CellBody body) {
   auto* results = new RunResults;
-  benchmark::RegisterBenchmark(
-      DispatchName(Engine::kName, "uniform", ranges).c_str(),
-      [ranges, results](benchmark::State& s) {
-        BM_Uniform<Engine>(s, ranges, results);
-      })
+  return benchmark::RegisterBenchmark(
+             DispatchName(engine, workload, ranges).c_str(),
+             [body, ranges, results](benchmark::State& s) {
+               body(s, ranges, results);
+             })
       ->Threads(threads)
       ->UseRealTime();
 }
 
-// BM_Dispatch/<engine>/trace.
-template <typename Engine>
-void RegisterTrace() {
+// The trace workloads: the recorded map, one thread per vCPU.
+void RegisterTraceCell(absl::string_view engine, absl::string_view workload,
+                       CellBody body) {
   if (trace_workload == nullptr) return;
-  auto* results = new RunResults;
-  benchmark::RegisterBenchmark(
-      DispatchName(Engine::kName, "trace",
-                   static_cast<int>(trace_workload->map.size()))
-          .c_str(),
-      [results](benchmark::State& s) { BM_Trace<Engine>(s, results); })
-      ->Threads(static_cast<int>(trace_workload->streams.size()))
-      ->UseRealTime();
+  RegisterCell(engine, workload, static_cast<int>(trace_workload->map.size()),
+               static_cast<int>(trace_workload->streams.size()), body);
 }
 
 // BM_Dispatch/<engine>/churn and /churn_1khz.
@@ -1092,19 +1063,6 @@ void BM_Sharded(benchmark::State& state, bool sharded, bool same_shard,
 }
 
 const int kShardedThreads[] = {1, 2, 4};
-
-// BM_Dispatch/<engine>/own_device/ranges:<n>/threads:<t>.
-template <typename Engine>
-void RegisterOwnDeviceCell(int ranges, int threads) {
-  auto* results = new RunResults;
-  benchmark::RegisterBenchmark(
-      DispatchName(Engine::kName, "own_device", ranges).c_str(),
-      [ranges, results](benchmark::State& s) {
-        BM_OwnDevice<Engine>(s, ranges, results);
-      })
-      ->Threads(threads)
-      ->UseRealTime();
-}
 
 // BM_Sharded.
 void RegisterSharded() {
@@ -1348,38 +1306,61 @@ void RegisterAll() {
   // over the minute a run takes.
   for (int threads : ThreadCounts()) {
     for (int ranges : kRangeCounts) {
-      if (threads <= 2) RegisterUniformCell<DirectIndexEngine>(ranges, threads);
-      RegisterUniformCell<UnsynchronizedEngine>(ranges, threads);
-      RegisterUniformCell<RcuEngine>(ranges, threads);
-      if (threads == 1 && ranges >= 16 && ranges != 256) {  // 16, 4096, 65536
-        RegisterEdgeCell<UnsynchronizedEngine>(ranges);
-        RegisterEdgeCell<RcuEngine>(ranges);
+      if (threads <= 2) {
+        RegisterCell(DirectIndexEngine::kName, "uniform", ranges, threads,
+                     &BM_Uniform<DirectIndexEngine>);
       }
-      RegisterUniformCell<RwLockMapEngine>(ranges, threads);
-      RegisterUniformCell<MutexMapEngine>(ranges, threads);
-      RegisterUniformCell<RcuLockedEngine>(ranges, threads);
+      RegisterCell(UnsynchronizedEngine::kName, "uniform", ranges, threads,
+                   &BM_Uniform<UnsynchronizedEngine>);
+      RegisterCell(RcuEngine::kName, "uniform", ranges, threads,
+                   &BM_Uniform<RcuEngine>);
+      if (threads == 1 && ranges >= 16 && ranges != 256) {  // 16, 4096, 65536
+        RegisterCell(UnsynchronizedEngine::kName, "edge", ranges, 1,
+                     &BM_Edge<UnsynchronizedEngine>);
+        RegisterCell(RcuEngine::kName, "edge", ranges, 1, &BM_Edge<RcuEngine>);
+      }
+      RegisterCell(RwLockMapEngine::kName, "uniform", ranges, threads,
+                   &BM_Uniform<RwLockMapEngine>);
+      RegisterCell(MutexMapEngine::kName, "uniform", ranges, threads,
+                   &BM_Uniform<MutexMapEngine>);
+      RegisterCell(RcuLockedEngine::kName, "uniform", ranges, threads,
+                   &BM_Uniform<RcuLockedEngine>);
     }
   }
+  // Cold: each dispatch timed alone, a fixed number of them.
   for (int threads : {1, 2}) {
     for (int ranges : kRangeCounts) {
-      RegisterColdCell<DirectIndexEngine>(ranges, threads);
-      RegisterColdCell<UnsynchronizedEngine>(ranges, threads);
-      RegisterColdCell<RcuEngine>(ranges, threads);
+      RegisterCell(DirectIndexEngine::kName, "cold", ranges, threads,
+                   &BM_Cold<DirectIndexEngine>)
+          ->Iterations(3000);
+      RegisterCell(UnsynchronizedEngine::kName, "cold", ranges, threads,
+                   &BM_Cold<UnsynchronizedEngine>)
+          ->Iterations(3000);
+      RegisterCell(RcuEngine::kName, "cold", ranges, threads,
+                   &BM_Cold<RcuEngine>)
+          ->Iterations(3000);
     }
   }
   for (int threads : OwnDeviceThreadCounts()) {
     for (int ranges : kOwnDeviceRangeCounts) {
-      RegisterOwnDeviceCell<RcuEngine>(ranges, threads);
-      RegisterOwnDeviceCell<RcuLockedEngine>(ranges, threads);
+      RegisterCell(RcuEngine::kName, "own_device", ranges, threads,
+                   &BM_OwnDevice<RcuEngine>);
+      RegisterCell(RcuLockedEngine::kName, "own_device", ranges, threads,
+                   &BM_OwnDevice<RcuLockedEngine>);
     }
   }
-  RegisterTrace<UnsynchronizedEngine>();
-  RegisterTraceNoHints<UnsynchronizedEngine>();
-  RegisterTrace<RcuEngine>();
-  RegisterTraceNoHints<RcuEngine>();
-  RegisterTrace<RwLockMapEngine>();
-  RegisterTrace<MutexMapEngine>();
-  RegisterTrace<RcuLockedEngine>();
+  RegisterTraceCell(UnsynchronizedEngine::kName, "trace",
+                    &TraceBody<UnsynchronizedEngine>);
+  RegisterTraceCell(UnsynchronizedEngine::kName, "trace_nohints",
+                    &TraceNoHintsBody<UnsynchronizedEngine>);
+  RegisterTraceCell(RcuEngine::kName, "trace", &TraceBody<RcuEngine>);
+  RegisterTraceCell(RcuEngine::kName, "trace_nohints",
+                    &TraceNoHintsBody<RcuEngine>);
+  RegisterTraceCell(RwLockMapEngine::kName, "trace",
+                    &TraceBody<RwLockMapEngine>);
+  RegisterTraceCell(MutexMapEngine::kName, "trace", &TraceBody<MutexMapEngine>);
+  RegisterTraceCell(RcuLockedEngine::kName, "trace",
+                    &TraceBody<RcuLockedEngine>);
   RegisterChurn<RcuEngine>();
   RegisterChurn<RwLockMapEngine>();
   RegisterChurn<MutexMapEngine>();

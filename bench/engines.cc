@@ -503,8 +503,8 @@ IoStatus DirectIndexEngine::Locate(uint64_t addr, size_t len,
   return IoStatus::kOk;
 }
 
-IoStatus DirectIndexEngine::Read(BusKind bus, uint64_t addr,
-                                 absl::Span<uint8_t> data) const {
+template <auto kHandler, typename Data>
+IoStatus DirectIndexEngine::Call(BusKind bus, uint64_t addr, Data data) const {
   size_t i;
   if (ABSL_PREDICT_FALSE(bus != BusKind::kMmio)) {
     return IoStatus::kDeviceNotFound;
@@ -512,21 +512,18 @@ IoStatus DirectIndexEngine::Read(BusKind bus, uint64_t addr,
   const IoStatus s = Locate(addr, data.size(), &i);
   if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
   const uint64_t base = first_ + (uint64_t{i} << shift_);
-  devices_[i]->MmioRead(MmioAddress(base), addr - base, data);
+  (devices_[i]->*kHandler)(MmioAddress(base), addr - base, data);
   return IoStatus::kOk;
+}
+
+IoStatus DirectIndexEngine::Read(BusKind bus, uint64_t addr,
+                                 absl::Span<uint8_t> data) const {
+  return Call<&DeviceMmio::MmioRead>(bus, addr, data);
 }
 
 IoStatus DirectIndexEngine::Write(BusKind bus, uint64_t addr,
                                   absl::Span<const uint8_t> data) const {
-  size_t i;
-  if (ABSL_PREDICT_FALSE(bus != BusKind::kMmio)) {
-    return IoStatus::kDeviceNotFound;
-  }
-  const IoStatus s = Locate(addr, data.size(), &i);
-  if (ABSL_PREDICT_FALSE(s != IoStatus::kOk)) return s;
-  const uint64_t base = first_ + (uint64_t{i} << shift_);
-  devices_[i]->MmioWrite(MmioAddress(base), addr - base, data);
-  return IoStatus::kOk;
+  return Call<&DeviceMmio::MmioWrite>(bus, addr, data);
 }
 
 }  // namespace bench

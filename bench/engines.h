@@ -477,8 +477,10 @@ class UnsynchronizedEngine {
 // do. No search could do less, so `direct_index` at n ranges against `rcu`
 // at 16 is the least that any lookup could score on a "rcu n / 16 ranges"
 // ratio on this machine: what remains is the device call and the cache misses
-// of the n devices and their pointers. Add() appends the next range of the
-// sequence only; Remove() is unimplemented. Not thread-safe for changes.
+// of the n devices and their pointers. It is built once per cell and never
+// changed: Add() appends the next range of the sequence only, and Remove()
+// refuses with kUnimplemented (no workload removes from it). Not thread-safe
+// for changes.
 class DirectIndexEngine {
  public:
   static constexpr absl::string_view kName = "direct_index";
@@ -499,8 +501,12 @@ class DirectIndexEngine {
                                          absl::Span<const uint8_t> data) const;
 
  private:
-  // The index of the range holding [addr, addr + len), or size() if none.
+  // The access check: on kOk, `*index` is the range holding
+  // [addr, addr + len).
   IoStatus Locate(uint64_t addr, size_t len, size_t* index) const;
+  // Read() and Write(): the check, then `kHandler` of the range's device.
+  template <auto kHandler, typename Data>
+  IoStatus Call(BusKind bus, uint64_t addr, Data data) const;
 
   uint64_t first_ = 0;
   uint64_t size_ = 0;

@@ -303,6 +303,13 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t CountLessEqual(const V* node, V x) {
 
 }  // namespace btree_internal
 
+// NoLeafHook
+//
+// BTreeFloor()'s default leaf hook: does nothing.
+struct NoLeafHook {
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void operator()(size_t) const {}
+};
+
 // BTreeFloor()
 //
 // FindFloor()'s answer over the B+-tree `nodes` of shape `shape` (64-byte
@@ -314,10 +321,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t CountLessEqual(const V* node, V x) {
 // that leaf is read: a hook that prefetches what the caller will load for
 // that leaf (LeafPrefetch) overlaps those misses with the leaf's own.
 // Nothing is called for an empty tree.
-struct NoLeafHook {
-  ABSL_ATTRIBUTE_ALWAYS_INLINE void operator()(size_t) const {}
-};
-
 template <typename V, typename Probe = DirectProbe,
           typename LeafHook = NoLeafHook>
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline size_t BTreeFloor(
